@@ -1,0 +1,237 @@
+"""Building open_clip models from a name and a ``pretrained`` source, failing fast offline.
+
+Sources: an open_clip tag (``openai``, ``laion2b_s34b_b88k``, ...), a local checkpoint path,
+``none`` for random weights, or the bundled ``demo`` model. A tag whose weights are not in the
+local cache is downloaded only when the hub answers within seconds; otherwise the error says
+how to pass a local checkpoint instead of waiting through a minute of retries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import open_clip
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+DEMO_MODEL = "demo"
+DEMO_DIR = Path(__file__).parent / "assets" / "demo"
+RANDOM_WEIGHTS = ("", "none", "random")
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+_HF_SAFE_NAME = "open_clip_model.safetensors"
+_HF_DEFAULT_NAME = "open_clip_pytorch_model.bin"
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights cannot be found locally nor downloaded; the message says what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """An open_clip model ready for a :class:`gclip.Segmenter`.
+
+    Attributes:
+        model: the open_clip ``CLIP`` in eval mode.
+        tokenizer: its tokenizer.
+        name: model name as given.
+        pretrained: the resolved weights source (tag, path, or ``none``).
+        recommended: method options shipped with the checkpoint (the demo model's global
+            blocks, for example); callers merge them under their own options.
+        templates: prompt templates shipped with the checkpoint, if any.
+    """
+
+    model: nn.Module
+    tokenizer: Any
+    name: str
+    pretrained: str
+    recommended: dict[str, Any] = field(default_factory=dict)
+    templates: tuple[str, ...] | None = None
+
+
+def load_model(
+    name: str,
+    pretrained: str | None = None,
+    device: str | torch.device = "cpu",
+    cache_dir: str | None = None,
+    connect_timeout: float = 3.0,
+) -> LoadedModel:
+    """Build an open_clip model and its tokenizer.
+
+    Args:
+        name: an open_clip model name (``ViT-B-16``), ``local-dir:PATH``, ``hf-hub:ORG/REPO``
+            or ``demo``.
+        pretrained: an open_clip tag, a checkpoint path, or ``none``/``None`` for random
+            weights (warned about loudly). Ignored for ``demo``, ``local-dir:`` and ``hf-hub:``.
+        device: where the model lives.
+        cache_dir: open_clip / Hugging Face cache folder.
+        connect_timeout: seconds to wait for the hub before declaring it unreachable.
+
+    Raises:
+        WeightsUnavailableError: a tag is neither cached nor downloadable.
+        ValueError: unknown model name, tag, or missing checkpoint file.
+    """
+    if name == DEMO_MODEL:
+        return _load_local_dir(DEMO_DIR, name, device)
+    if name.startswith("local-dir:"):
+        return _load_local_dir(Path(name.removeprefix("local-dir:")), name, device)
+    if name.startswith("hf-hub:"):
+        _require_reachable("https://huggingface.co", connect_timeout, f"model {name}")
+        model = open_clip.create_model(name, device=device, cache_dir=cache_dir)
+        return LoadedModel(model.eval(), open_clip.get_tokenizer(name), name, name)
+
+    if name not in open_clip.list_models():
+        raise ValueError(
+            f"Unknown open_clip model {name!r}. ViT examples: ViT-B-16, ViT-B-16-quickgelu, "
+            "ViT-L-14; or 'demo', 'local-dir:/path', 'hf-hub:org/repo'."
+        )
+    checkpoint, quick_gelu, source = _resolve_weights(name, pretrained, cache_dir, connect_timeout)
+    model = open_clip.create_model(
+        name,
+        pretrained=checkpoint,
+        force_quick_gelu=quick_gelu,
+        device=device,
+        cache_dir=cache_dir,
+        weights_only=True,
+    )
+    return LoadedModel(model.eval(), open_clip.get_tokenizer(name), name, source)
+
+
+def _resolve_weights(
+    name: str, pretrained: str | None, cache_dir: str | None, timeout: float
+) -> tuple[str | None, bool, str]:
+    """Return ``(checkpoint path or None, force QuickGELU, source label)``."""
+    if pretrained is None or pretrained.lower() in RANDOM_WEIGHTS:
+        message = (
+            f"Building {name} with RANDOM weights (pretrained={pretrained!r}): its labels are "
+            "meaningless. Pass an open_clip tag or a checkpoint path for real labels."
+        )
+        log.warning(message)
+        warnings.warn(message, stacklevel=3)
+        return None, False, "none"
+    path = Path(pretrained).expanduser()
+    if path.is_file():
+        return str(path), False, str(path)
+    tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
+    if not tag_cfg:
+        if path.suffix in _CHECKPOINT_SUFFIXES or os.sep in pretrained:
+            raise ValueError(f"Checkpoint file {pretrained} does not exist.")
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
+        raise ValueError(
+            f"{pretrained!r} is neither a checkpoint file nor an open_clip tag of {name}. "
+            f"Tags for {name}: {tags}."
+        )
+    # OpenAI weights were trained with QuickGELU; plain ViT-B-16 would silently use GELU.
+    quick_gelu = bool(tag_cfg.get("quick_gelu", False))
+    cached = _cached_checkpoint(tag_cfg, cache_dir)
+    if cached is not None:
+        return cached, quick_gelu, pretrained
+    hub = _download_host(tag_cfg)
+    _require_reachable(hub, timeout, f"weights {name}/{pretrained}")
+    try:
+        downloaded = open_clip.download_pretrained(tag_cfg, cache_dir=cache_dir)
+    except Exception as err:
+        raise WeightsUnavailableError(
+            _offline_message(name, pretrained, f"download failed: {err}")
+        ) from err
+    return downloaded, quick_gelu, pretrained
+
+
+def _cached_checkpoint(tag_cfg: dict[str, Any], cache_dir: str | None) -> str | None:
+    """Path of the tag's weights in the local cache, or ``None``."""
+    if tag_cfg.get("file"):
+        return str(tag_cfg["file"])
+    hf_hub = tag_cfg.get("hf_hub", "")
+    if hf_hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo_id, filename = os.path.split(hf_hub)
+        candidates = [_HF_SAFE_NAME, _HF_DEFAULT_NAME] if not filename else [filename]
+        for candidate in candidates:
+            found = try_to_load_from_cache(repo_id, candidate, cache_dir=cache_dir)
+            if isinstance(found, str):
+                return found
+        return None
+    url = tag_cfg.get("url", "")
+    if url:
+        target = Path(cache_dir or Path.home() / ".cache" / "clip") / os.path.basename(url)
+        return str(target) if target.is_file() else None
+    return None
+
+
+def _download_host(tag_cfg: dict[str, Any]) -> str:
+    if tag_cfg.get("hf_hub"):
+        return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    return str(tag_cfg.get("url", "https://huggingface.co"))
+
+
+def hub_offline() -> bool:
+    """Whether the environment declares the model hub off limits (``HF_HUB_OFFLINE=1``)."""
+    return any(
+        os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
+        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def _require_reachable(url: str, timeout: float, what: str) -> None:
+    if hub_offline():
+        raise WeightsUnavailableError(_offline_message(what, None, "HF_HUB_OFFLINE is set"))
+    parsed = urlparse(url)
+    host, port = parsed.hostname or url, parsed.port or (80 if parsed.scheme == "http" else 443)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return
+    except OSError as err:
+        raise WeightsUnavailableError(
+            _offline_message(
+                what, None, f"{host}:{port} unreachable within {timeout:.0f} s ({err})"
+            )
+        ) from err
+
+
+def _offline_message(name: str, tag: str | None, why: str) -> str:
+    what = f"{name}/{tag}" if tag else name
+    return (
+        f"Cannot get pretrained {what}: not in the local cache and {why}. Download the checkpoint "
+        "on a machine with network access (open_clip caches it under ~/.cache/huggingface), copy "
+        "it here and pass its path: --pretrained /path/to/open_clip_pytorch_model.bin "
+        "(load_model(name, pretrained='/path/...')). For OpenAI weights use a '-quickgelu' "
+        "model name with a local file. To try the tool without weights use --model demo."
+    )
+
+
+def _load_local_dir(folder: Path, name: str, device: str | torch.device) -> LoadedModel:
+    """A model saved as open_clip's local-dir layout, plus our optional ``gclip.json``."""
+    if not (folder / "open_clip_config.json").is_file():
+        raise ValueError(
+            f"{folder} holds no open_clip_config.json; a local-dir model needs that file and "
+            "open_clip_model.safetensors or open_clip_pytorch_model.bin beside it."
+        )
+    if not any((folder / f).is_file() for f in (_HF_SAFE_NAME, _HF_DEFAULT_NAME)):
+        raise WeightsUnavailableError(
+            f"{folder} has a config but no {_HF_SAFE_NAME} or {_HF_DEFAULT_NAME}; "
+            "refusing to fall back to random weights."
+        )
+    spec = f"local-dir:{folder}"
+    model = open_clip.create_model(spec, device=device, weights_only=True)
+    extras: dict[str, Any] = {}
+    if (folder / "gclip.json").is_file():
+        extras = json.loads((folder / "gclip.json").read_text(encoding="utf-8"))
+    templates = extras.get("templates")
+    return LoadedModel(
+        model=model.eval(),
+        tokenizer=open_clip.get_tokenizer(spec),
+        name=name,
+        pretrained=str(folder),
+        recommended=dict(extras.get("method_options", {})),
+        templates=tuple(templates) if templates else None,
+    )

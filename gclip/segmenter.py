@@ -1,0 +1,220 @@
+"""The facade: images and a vocabulary in, label maps and confidence out."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from torch import nn
+
+from gclip.backbone import VisionBackbone
+from gclip.inference import InferenceConfig, labels_from_logits, refine, resized_size, stitch_logits
+from gclip.methods import (
+    ChannelSuppression,
+    MethodConfig,
+    channel_suppression,
+    dense_features,
+    find_global_blocks,
+)
+from gclip.text import Template, TextEncoder
+from gclip.vocabulary import UNLABELLED, Vocabulary
+
+log = logging.getLogger(__name__)
+
+_AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True, slots=True)
+class Segmentation:
+    """Result for one image, in its original frame.
+
+    Attributes:
+        labels_hw: ``H0 x W0`` uint8, the vocabulary class index, or 255 for unlabelled.
+        confidence_hw: ``H0 x W0`` float32 in [0, 1], the probability of the chosen class.
+    """
+
+    labels_hw: np.ndarray
+    confidence_hw: np.ndarray
+
+
+class Segmenter:
+    """Open-vocabulary semantic segmentation with GCLIP or a peer on an open_clip ViT.
+
+    The wrapped model is never modified: Channel Suppression keeps its own weight copies and
+    every forward runs under ``torch.no_grad``. Build with :meth:`from_open_clip`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        config: MethodConfig,
+        templates: Sequence[Template] | None = None,
+    ) -> None:
+        self._model = model.eval()
+        self._backbone = VisionBackbone(model.visual)
+        self._config = config.resolve(self._backbone.depth)
+        self._suppression: ChannelSuppression | None = None
+        self.text = (
+            TextEncoder(model, tokenizer, templates) if templates else TextEncoder(model, tokenizer)
+        )
+        mean = getattr(model.visual, "image_mean", None) or OPENAI_DATASET_MEAN
+        std = getattr(model.visual, "image_std", None) or OPENAI_DATASET_STD
+        self._mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self._std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        if self._config.global_blocks != "auto":
+            self._suppression = channel_suppression(self._backbone, self._config)
+
+    @classmethod
+    def from_open_clip(
+        cls,
+        model: nn.Module,
+        tokenizer: Any,
+        method: str = "gclip",
+        templates: Sequence[Template] | None = None,
+        **options: Any,
+    ) -> Segmenter:
+        """Wrap an already-built open_clip CLIP (any weights, also random).
+
+        Args:
+            model: an open_clip ``CLIP`` with a ViT vision tower.
+            tokenizer: its tokenizer (``open_clip.get_tokenizer(name)``).
+            method: ``gclip``, ``clearclip``, ``naclip``, ``sclip``, ``maskclip`` or ``clip``.
+            templates: prompt templates; default the 80 OpenAI ImageNet templates.
+            **options: :class:`gclip.MethodConfig` fields (``global_blocks``, ``head_average``,
+                ``cs_start_block``, ``cs_enabled``, ``naclip_sigma``, ...).
+        """
+        return cls(model, tokenizer, MethodConfig(name=method, **options), templates)
+
+    @property
+    def method(self) -> MethodConfig:
+        """The resolved method config (``global_blocks`` fixed once calibrated)."""
+        return self._config
+
+    @property
+    def patch_size(self) -> int:
+        return self._backbone.patch_size
+
+    @property
+    def device(self) -> torch.device:
+        return self._backbone.device
+
+    def calibrate(self, images: torch.Tensor) -> tuple[int, ...]:
+        """Fix ``global_blocks="auto"`` from ``images`` (``B x 3 x H x W``, normalised)."""
+        if self._config.global_blocks == "auto":
+            with torch.no_grad():
+                blocks = find_global_blocks(
+                    self._backbone,
+                    images.to(self.device),
+                    self._config.auto_ratio,
+                    self._config.auto_fraction,
+                )
+            self._config = self._config.with_global_blocks(blocks)
+            self._suppression = channel_suppression(self._backbone, self._config)
+            log.info("global_blocks='auto' resolved to %s for %s", blocks, self._config.name)
+        assert isinstance(self._config.global_blocks, tuple)
+        return self._config.global_blocks
+
+    @torch.no_grad()
+    def dense_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-patch embeddings.
+
+        Args:
+            images: ``B x 3 x H x W`` float, normalised with the model's mean/std; H and W
+                multiples of the patch size. ``global_blocks="auto"`` is calibrated on the
+                first call's images.
+
+        Returns:
+            ``B x H/p x W/p x E`` float32, L2-normalised along E.
+        """
+        images = images.to(self.device)
+        if self._config.global_blocks == "auto":
+            self.calibrate(images)
+        return dense_features(self._backbone, self._config, images, self._suppression)
+
+    def preprocess(self, image: Any, short_side: int | None) -> torch.Tensor:
+        """An image (see :func:`to_chw`) -> ``3 x h x w`` normalised float32 in the resized
+        frame, on the model's device."""
+        chw = to_chw(image).to(self.device)
+        chw = chw.float() / 255.0 if chw.dtype == torch.uint8 else chw.float()  # 3 x H0 x W0
+        h, w = resized_size(int(chw.shape[1]), int(chw.shape[2]), short_side)
+        if (h, w) != tuple(chw.shape[1:]):
+            chw = F.interpolate(
+                chw[None], size=(h, w), mode="bilinear", align_corners=False, antialias=True
+            )[0]  # 3 x h x w
+        return (chw - self._mean.to(chw.device)) / self._std.to(chw.device)  # 3 x h x w
+
+    def segment(
+        self,
+        images: Sequence[Any],
+        vocabulary: Vocabulary,
+        config: InferenceConfig | None = None,
+    ) -> list[Segmentation]:
+        """Label every pixel of every image with a vocabulary class.
+
+        Windows of all ``images`` are batched together (``config.batch_size`` per forward);
+        the result for a batch equals the results image by image.
+
+        Args:
+            images: RGB images of any sizes (see :meth:`preprocess`).
+            vocabulary: the classes; their text embeddings are computed once and cached.
+            config: inference settings; default :class:`InferenceConfig`.
+
+        Returns:
+            One :class:`Segmentation` per image, in the original frame.
+        """
+        config = config or InferenceConfig()
+        if not images:
+            return []
+        chws = [to_chw(im) for im in images]
+        originals = [(int(chw.shape[1]), int(chw.shape[2])) for chw in chws]
+        resized = [self.preprocess(chw, config.short_side) for chw in chws]
+        text = self.text.embed(vocabulary).to(self.device)  # N x E
+        name_to_class = torch.tensor(vocabulary.name_to_class, dtype=torch.long)
+        logits = stitch_logits(resized, text, self._features_fn(config), self.patch_size, config)
+        results = []
+        for image, image_logits, size_hw in zip(resized, logits, originals, strict=True):
+            image_logits = refine(image_logits, image, config)  # N x h x w
+            labels, confidence = labels_from_logits(
+                image_logits,
+                name_to_class,
+                len(vocabulary.classes),
+                config.logit_scale,
+                vocabulary.thresholds,
+                size_hw,
+                UNLABELLED,
+            )
+            results.append(Segmentation(labels.cpu().numpy(), confidence.cpu().numpy()))
+        return results
+
+    def _features_fn(self, config: InferenceConfig) -> Callable[[torch.Tensor], torch.Tensor]:
+        dtype = _AUTOCAST_DTYPES.get(config.precision)
+
+        def features(crops: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+                return self.dense_features(crops)
+
+        return features
+
+
+def to_chw(image: Any) -> torch.Tensor:
+    """``3 x H x W`` tensor from an ``H x W x 3`` uint8 array, a PIL RGB image, or a
+    ``3 x H x W`` tensor (uint8, or float in [0, 1]); arrays are not copied."""
+    if isinstance(image, torch.Tensor):
+        chw = image
+    else:
+        array = np.asarray(image)
+        if array.ndim != 3 or array.shape[2] != 3:
+            raise ValueError(
+                f"Expected an H x W x 3 RGB image, got an array of shape {array.shape}."
+            )
+        chw = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)  # 3 x H x W
+    if chw.ndim != 3 or chw.shape[0] != 3:
+        raise ValueError(f"Expected a 3 x H x W image tensor, got shape {tuple(chw.shape)}.")
+    return chw

@@ -1,0 +1,235 @@
+"""Vocabularies: classes with synonyms, an optional background class, and thresholds.
+
+Two forms are read. Plain text, as the research repos' ``cls_*.txt`` files: one class per line,
+synonyms separated by ``,`` or ``;``, ``#`` comments and blank lines ignored. JSON, validated by
+``schemas/vocabulary.schema.json``::
+
+    {"classes": [{"id": 7, "name": "road", "synonyms": ["street"], "threshold": 0.3,
+                  "color": [128, 64, 128]},
+                 {"id": 0, "name": "background", "synonyms": ["sky", "wall"], "background": true}],
+     "threshold": 0.4}
+
+Label maps hold the class *index* (its position in ``classes``); 255 marks unlabelled pixels.
+Output files carry the class ``id``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import schemas
+
+UNLABELLED = 255
+MAX_CLASSES = 255  # indices 0..254; 255 is reserved for unlabelled pixels
+_SYNONYM_SPLIT = re.compile(r"\s*[,;]\s*")
+
+
+class VocabularyError(ValueError):
+    """A vocabulary is empty, malformed or ambiguous; the message says how to fix it."""
+
+
+@dataclass(frozen=True, slots=True)
+class VocabularyClass:
+    """One output class.
+
+    Attributes:
+        id: category id written to outputs (COCO ``category_id``).
+        names: the class name first, then its synonyms; each is prompted separately.
+        threshold: minimum probability for a pixel to keep this label, else unlabelled.
+        color: RGB colour for previews.
+        is_background: the class stands for background.
+    """
+
+    id: int
+    names: tuple[str, ...]
+    threshold: float | None = None
+    color: tuple[int, int, int] | None = None
+    is_background: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.names[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Vocabulary:
+    """An ordered set of classes, the unit for which text embeddings are computed and cached.
+
+    Attributes:
+        classes: the classes; a label map value is an index into this tuple.
+        threshold: default minimum probability for classes without their own threshold;
+            ``None`` labels every pixel with its most probable class.
+    """
+
+    classes: tuple[VocabularyClass, ...]
+    threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every prompt name, class by class, in order: the rows of the text embedding."""
+        return tuple(name for cls in self.classes for name in cls.names)
+
+    @property
+    def name_to_class(self) -> tuple[int, ...]:
+        """For each entry of :attr:`names`, the index of its class."""
+        return tuple(i for i, cls in enumerate(self.classes) for _ in cls.names)
+
+    @property
+    def thresholds(self) -> tuple[float | None, ...]:
+        return tuple(
+            c.threshold if c.threshold is not None else self.threshold for c in self.classes
+        )
+
+    def colors(self) -> list[tuple[int, int, int]]:
+        """Per-class RGB colours: the given ones, else a fixed palette."""
+        return [c.color or _palette(i) for i, c in enumerate(self.classes)]
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form (valid under ``vocabulary.schema.json``)."""
+        classes = []
+        for c in self.classes:
+            item: dict[str, Any] = {"id": c.id, "name": c.name, "synonyms": list(c.names[1:])}
+            if c.threshold is not None:
+                item["threshold"] = c.threshold
+            if c.color is not None:
+                item["color"] = list(c.color)
+            if c.is_background:
+                item["background"] = True
+            classes.append(item)
+        out: dict[str, Any] = {"classes": classes}
+        if self.threshold is not None:
+            out["threshold"] = self.threshold
+        return out
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the canonical JSON form: equal vocabularies hash equally."""
+        canonical = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def parse_text(
+    text: str, background_first_line: bool = False, threshold: float | None = None
+) -> Vocabulary:
+    """Parse the plain-text form: one class per line, synonyms separated by ``,`` or ``;``.
+
+    Args:
+        text: file contents.
+        background_first_line: the first class line lists background concepts (the
+            ``cls_voc21.txt`` convention). A class named ``background`` is background anyway.
+        threshold: vocabulary-wide minimum probability (see :class:`Vocabulary`).
+
+    Returns:
+        A vocabulary whose class ids are 1, 2, ... in line order.
+    """
+    classes: list[VocabularyClass] = []
+    for line_no, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        names = tuple(n for n in _SYNONYM_SPLIT.split(line) if n)
+        if not names:
+            raise VocabularyError(f"Line {line_no} ({raw!r}) holds no class name.")
+        is_background = names[0].lower() == "background" or (background_first_line and not classes)
+        classes.append(
+            VocabularyClass(id=len(classes) + 1, names=names, is_background=is_background)
+        )
+    return Vocabulary(classes=tuple(classes), threshold=threshold)
+
+
+def parse_json(data: Mapping[str, Any]) -> Vocabulary:
+    """Parse the JSON form after validating it against ``vocabulary.schema.json``."""
+    try:
+        schemas.validate(data, "vocabulary")
+    except schemas.SchemaError as err:
+        raise VocabularyError(f"Invalid JSON vocabulary: {err}") from err
+    classes = tuple(
+        VocabularyClass(
+            id=int(c["id"]),
+            names=(c["name"], *c.get("synonyms", [])),
+            threshold=c.get("threshold"),
+            color=tuple(c["color"]) if "color" in c else None,
+            is_background=bool(c.get("background", False)),
+        )
+        for c in data["classes"]
+    )
+    return Vocabulary(classes=classes, threshold=data.get("threshold"))
+
+
+def load_vocabulary(
+    path: str | Path, background_first_line: bool = False, threshold: float | None = None
+) -> Vocabulary:
+    """Read a vocabulary file: ``.json`` in the JSON form, anything else as plain text.
+
+    ``threshold`` overrides the file's vocabulary-wide threshold when given.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise VocabularyError(f"Vocabulary file {path} does not exist.") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise VocabularyError(f"Cannot read vocabulary file {path} as UTF-8 text: {err}") from err
+    if path.suffix.lower() != ".json":
+        return parse_text(text, background_first_line=background_first_line, threshold=threshold)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise VocabularyError(f"Vocabulary file {path} is not valid JSON: {err}") from err
+    vocabulary = parse_json(data)
+    if threshold is not None:
+        vocabulary = Vocabulary(classes=vocabulary.classes, threshold=threshold)
+    return vocabulary
+
+
+def _validate(vocabulary: Vocabulary) -> None:
+    classes = vocabulary.classes
+    if not classes:
+        raise VocabularyError("The vocabulary is empty: give at least one class, one per line.")
+    if len(classes) > MAX_CLASSES:
+        raise VocabularyError(
+            f"The vocabulary has {len(classes)} classes; at most {MAX_CLASSES} fit a uint8 label "
+            "map with 255 reserved for unlabelled. Split it into several runs."
+        )
+    seen_ids: dict[int, str] = {}
+    seen_names: dict[str, str] = {}
+    for cls in classes:
+        if cls.id in seen_ids:
+            raise VocabularyError(
+                f"Class id {cls.id} is used by both {seen_ids[cls.id]!r} and {cls.name!r}."
+            )
+        seen_ids[cls.id] = cls.name
+        for name in cls.names:
+            if not name.strip():
+                raise VocabularyError(f"Class {cls.name!r} has an empty synonym.")
+            key = name.strip().lower()
+            if key in seen_names:
+                raise VocabularyError(
+                    f"The name {name!r} appears twice (in {seen_names[key]!r} and {cls.name!r}); "
+                    "each name must belong to exactly one class."
+                )
+            seen_names[key] = cls.name
+    for value in (vocabulary.threshold, *(c.threshold for c in classes)):
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise VocabularyError(f"Thresholds are probabilities in [0, 1]; got {value}.")
+
+
+def _palette(index: int) -> tuple[int, int, int]:
+    """The PASCAL VOC colour map: distinct, stable colours for any index."""
+    r = g = b = 0
+    c = index + 1  # skip black, which reads as "nothing" in a preview
+    for shift in range(7, -1, -1):
+        r |= ((c >> 0) & 1) << shift
+        g |= ((c >> 1) & 1) << shift
+        b |= ((c >> 2) & 1) << shift
+        c >>= 3
+    return r, g, b

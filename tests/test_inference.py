@@ -1,0 +1,185 @@
+"""Sliding windows, stitching, probabilities, PAMR and batch equivalence."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gclip import InferenceConfig, Segmenter, parse_text
+from gclip.inference import (
+    Window,
+    batch_windows,
+    labels_from_logits,
+    plan_windows,
+    resized_size,
+    stitch_logits,
+    upsample_rows,
+    window_starts,
+)
+from gclip.pamr import pamr
+
+
+def test_window_starts_by_hand():
+    assert window_starts(10, 4, 3) == [(0, 4), (3, 4), (6, 4)]
+    assert window_starts(11, 4, 3) == [(0, 4), (3, 4), (6, 4), (7, 4)]  # last shifted inside
+    assert window_starts(4, 4, 2) == [(0, 4)]
+    assert window_starts(3, 8, 4) == [(0, 3)]  # smaller than one crop
+
+
+def test_every_pixel_covered():
+    for length in range(1, 60):
+        covered = np.zeros(length, int)
+        for start, size in window_starts(length, 16, 5):
+            covered[start : start + size] += 1
+            assert start >= 0 and start + size <= length
+        assert covered.min() >= 1
+
+
+def test_resized_size():
+    assert resized_size(100, 200, 50) == (50, 100)
+    assert resized_size(3, 5, 448) == (448, 747)
+    assert resized_size(7, 9, None) == (7, 9)
+
+
+def test_batches_mix_images_and_group_sizes():
+    windows = plan_windows([(16, 24), (16, 16), (5, 16)], crop=16, stride=8)
+    batches = batch_windows(windows, patch=8, batch_size=3)
+    flat = [w for b in batches for w in b]
+    assert len(flat) == len(windows) and set(flat) == set(windows)
+    for batch in batches:
+        assert len(batch) <= 3
+        assert len({(-(-w.h // 8), -(-w.w // 8)) for w in batch}) == 1
+    assert any(
+        len({w.image for w in b}) > 1 for b in batches
+    )  # windows of several images share a forward
+
+
+def test_stitching_exact_by_hand():
+    """Image 8 x 24, crop 8, stride 8 -> windows at x0 = 0, 8, 16; crop 16 stride 8 -> 0, 8.
+
+    The fake backbone gives each window one feature, a mix of two text directions set by the
+    window's mean pixel value; the canvas is then the average of the covering windows' logits.
+    """
+    text = torch.eye(2)  # N=2 names, E=2
+    image = torch.zeros(3, 8, 24)
+    image[:, :, 8:16] = 1.0
+    image[:, :, 16:] = 2.0
+
+    def features_fn(crops):  # B x 3 x h x w -> B x h/8 x w/8 x 2
+        m = crops.mean(dim=(1, 2, 3))  # B
+        f = torch.stack([torch.cos(m), torch.sin(m)], dim=-1)  # unit vectors
+        return f[:, None, None, :].expand(-1, crops.shape[2] // 8, crops.shape[3] // 8, -1)
+
+    config = InferenceConfig(short_side=None, crop=16, stride=8, batch_size=2)
+    [logits] = stitch_logits([image], text, features_fn, patch=8, config=config)
+    m_a, m_b = 0.5, 1.5  # means of windows x0=0 (cols 0-15) and x0=8 (cols 8-23)
+    row = torch.tensor(
+        [np.cos(m_a)] * 8 + [(np.cos(m_a) + np.cos(m_b)) / 2] * 8 + [np.cos(m_b)] * 8
+    )
+    torch.testing.assert_close(logits[0], row.float().expand(8, -1))
+
+
+def test_upsample_rows_matches_interpolate():
+    x = torch.randn(5, 7, 11)
+    full = F.interpolate(x[None], size=(23, 30), mode="bilinear", align_corners=False)[0]
+    bands = torch.cat(
+        [upsample_rows(x, (23, 30), t, min(t + 4, 23)) for t in range(0, 23, 4)], dim=1
+    )
+    torch.testing.assert_close(bands, full, atol=1e-5, rtol=1e-5)
+
+
+def test_labels_synonym_max_and_threshold_by_hand():
+    # names 0 -> class 0; names 1, 2 -> class 1 (synonyms). Column 0: name 1 wins outright.
+    # Column 1: name 0 has the single highest probability, but class 1's two synonyms together
+    # hold more mass: the rule is max over synonyms, not sum, so class 0 wins.
+    logits = torch.tensor([[[0.0, 0.5]], [[1.0, 0.0]], [[0.0, 0.4]]])  # N=3 x 1 x 2
+    index = torch.tensor([0, 1, 1])
+    labels, conf = labels_from_logits(logits, index, 2, 1.0, [None, None], (1, 2), 255)
+    p0 = torch.softmax(logits[:, 0, 0], 0)
+    p1 = torch.softmax(logits[:, 0, 1], 0)
+    assert p1[1] + p1[2] > p1[0]
+    assert labels.tolist() == [[1, 0]]
+    torch.testing.assert_close(conf[0], torch.stack([p0[1], p1[0]]))
+    labels, _ = labels_from_logits(logits, index, 2, 1.0, [0.5, None], (1, 2), 255)
+    assert labels.tolist() == [[1, 255]]  # class 0 at 0.398 < its threshold 0.5 -> unlabelled
+    labels, _ = labels_from_logits(logits, index, 2, 2.0, [None, None], (1, 2), 255)
+    assert labels.tolist() == [[1, 0]]  # the scale sharpens but keeps the order
+
+
+def test_pamr_keeps_constants_and_respects_edges():
+    image = torch.zeros(3, 32, 32)
+    image[:, :, 16:] = 1.0
+    const = torch.full((2, 32, 32), 0.3)
+    torch.testing.assert_close(pamr(image, const, 5, (1, 2)), const)
+    torch.manual_seed(0)
+    scores = torch.randn(1, 32, 32)
+    scores[:, :, 16:] += 5.0
+    out = pamr(image, scores, 10, (1, 2))
+    assert out[:, :, :14].std() < 0.5 * scores[:, :, :14].std()  # smoothed inside a region
+    assert out[:, :, 18:].mean() - out[:, :, :14].mean() > 4.5  # but not across the edge
+
+
+@pytest.fixture(scope="module")
+def segmenter(clip12, tokenizer):
+    return Segmenter.from_open_clip(
+        clip12, tokenizer, method="gclip", templates=["a photo of a {}."]
+    )
+
+
+def _images():
+    rng = np.random.default_rng(0)
+    return [
+        rng.integers(0, 256, size=s, dtype=np.uint8)
+        for s in [(40, 64, 3), (48, 48, 3), (21, 70, 3)]
+    ]
+
+
+def test_batched_equals_one_by_one(segmenter):
+    vocab = parse_text("red, crimson\ngreen\nblue")
+    config = InferenceConfig(
+        short_side=32, crop=32, stride=16, batch_size=5, pamr=True, pamr_dilations=(1, 2)
+    )
+    together = segmenter.segment(_images(), vocab, config)
+    for image, joint in zip(_images(), together, strict=True):
+        [alone] = segmenter.segment([image], vocab, dataclasses.replace(config, batch_size=1))
+        assert joint.labels_hw.shape == image.shape[:2]
+        np.testing.assert_allclose(joint.confidence_hw, alone.confidence_hw, atol=1e-5)
+        margin_ok = np.abs(joint.confidence_hw - alone.confidence_hw) < 1e-5
+        assert (joint.labels_hw[margin_ok] == alone.labels_hw[margin_ok]).all()
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 3), (1, 1, 3), (9, 200, 3)])
+@pytest.mark.parametrize("short_side", [None, 32])
+def test_tiny_and_odd_images(segmenter, shape, short_side):
+    image = np.full(shape, 120, np.uint8)
+    [res] = segmenter.segment(
+        [image], parse_text("a\nb"), InferenceConfig(short_side=short_side, crop=32, stride=16)
+    )
+    assert res.labels_hw.shape == shape[:2] and res.labels_hw.dtype == np.uint8
+    assert res.confidence_hw.dtype == np.float32
+    assert (
+        (res.confidence_hw >= 0.5 - 1e-6) & (res.confidence_hw <= 1)
+    ).all()  # 2 classes: max prob >= 1/2
+
+
+def test_inputs_tensor_and_array_agree(segmenter):
+    image = _images()[0]
+    vocab = parse_text("a\nb\nc")
+    config = InferenceConfig(short_side=32, crop=32, stride=16)
+    [from_array] = segmenter.segment([image], vocab, config)
+    [from_tensor] = segmenter.segment([torch.from_numpy(image).permute(2, 0, 1)], vocab, config)
+    np.testing.assert_array_equal(from_array.labels_hw, from_tensor.labels_hw)
+    with pytest.raises(ValueError, match="RGB"):
+        segmenter.segment([np.zeros((4, 4), np.uint8)], vocab, config)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="stride"):
+        InferenceConfig(crop=16, stride=32)
+    with pytest.raises(ValueError, match="precision"):
+        InferenceConfig(precision="fp8")
+    assert Window(0, 0, 0, 1, 1).h == 1

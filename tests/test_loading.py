@@ -1,0 +1,89 @@
+"""Model loading: tags, local checkpoints, random weights, and failing fast offline."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import open_clip
+import pytest
+import torch
+
+from gclip import WeightsUnavailableError, load_model
+from gclip.loading import _cached_checkpoint, _resolve_weights
+
+
+def test_offline_tag_fails_fast_with_the_fix(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.monotonic()
+    with pytest.raises(WeightsUnavailableError, match="--pretrained /path/to/") as err:
+        load_model("ViT-B-16-quickgelu", pretrained="openai", cache_dir=str(tmp_path))
+    assert time.monotonic() - start < 10
+    assert "HF_HUB_OFFLINE" in str(err.value)
+
+
+def test_unreachable_hub_fails_within_the_timeout(monkeypatch, tmp_path):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing listens
+    start = time.monotonic()
+    with pytest.raises(WeightsUnavailableError, match="unreachable"):
+        load_model(
+            "ViT-B-32", pretrained="laion2b_s34b_b79k", cache_dir=str(tmp_path), connect_timeout=2
+        )
+    assert time.monotonic() - start < 10
+
+
+def test_cached_tag_resolves_offline_with_quick_gelu(monkeypatch, tmp_path):
+    """A tag already in the Hugging Face cache is used without any network."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = open_clip.get_pretrained_cfg("ViT-B-16", "openai")
+    repo_id, filename = os.path.split(cfg["hf_hub"])  # "org/repo/" -> ("org/repo", "")
+    repo = tmp_path / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    snapshot = repo / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    name = filename or "open_clip_model.safetensors"
+    (snapshot / name).write_bytes(b"weights")
+    assert _cached_checkpoint(cfg, str(tmp_path)) == str(snapshot / name)
+    path, quick_gelu, source = _resolve_weights("ViT-B-16", "openai", str(tmp_path), 1.0)
+    assert path == str(snapshot / name) and quick_gelu and source == "openai"
+
+
+def test_random_weights_warn_loudly():
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        path, _, source = _resolve_weights("ViT-B-16", "none", None, 1.0)
+    assert path is None and source == "none"
+
+
+def test_bad_names_and_tags():
+    with pytest.raises(ValueError, match="Unknown open_clip model"):
+        load_model("ViT-Q-99", pretrained="none")
+    with pytest.raises(ValueError, match="Tags for ViT-B-16: .*openai"):
+        load_model("ViT-B-16", pretrained="not-a-tag")
+    with pytest.raises(ValueError, match="does not exist"):
+        load_model("ViT-B-16", pretrained="/nowhere/model.pt")
+    with pytest.raises(ValueError, match="open_clip_config.json"):
+        load_model("local-dir:/nowhere")
+
+
+@pytest.mark.slow
+def test_local_checkpoint_loads_with_weights_only(tmp_path):
+    """A real built-in config (ViT-S-32) from a local file; pickled objects are refused."""
+    torch.manual_seed(0)
+    source = open_clip.create_model("ViT-S-32")
+    path = tmp_path / "vit-s-32.pt"
+    torch.save(source.state_dict(), path)
+    loaded = load_model("ViT-S-32", pretrained=str(path))
+    for key, value in source.state_dict().items():
+        assert torch.equal(value, loaded.model.state_dict()[key]), key
+    assert loaded.pretrained == str(path)
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": source.state_dict(), "payload": _Payload()}, evil)
+    with pytest.raises(Exception, match="[Ww]eights only|weights_only|Unsupported global"):
+        load_model("ViT-S-32", pretrained=str(evil))
+
+
+class _Payload:
+    """An arbitrary pickled class: torch.load(weights_only=True) must refuse it."""
