@@ -205,7 +205,7 @@ class Segmenter:
 
 def to_chw(image: Any) -> torch.Tensor:
     """``3 x H x W`` tensor from an ``H x W x 3`` uint8 array, a PIL RGB image, or a
-    ``3 x H x W`` tensor (uint8, or float in [0, 1]); arrays are not copied."""
+    ``3 x H x W`` tensor (uint8, or float in [0, 1]); writable arrays are not copied."""
     if isinstance(image, torch.Tensor):
         chw = image
     else:
@@ -214,6 +214,8 @@ def to_chw(image: Any) -> torch.Tensor:
             raise ValueError(
                 f"Expected an H x W x 3 RGB image, got an array of shape {array.shape}."
             )
+        if not array.flags.writeable:  # torch refuses to share read-only memory
+            array = array.copy()
         chw = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)  # 3 x H x W
     if chw.ndim != 3 or chw.shape[0] != 3:
         raise ValueError(f"Expected a 3 x H x W image tensor, got shape {tuple(chw.shape)}.")

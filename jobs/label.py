@@ -1,0 +1,52 @@
+"""Label a Parquet manifest of images with open-vocabulary segmentation into COCO masks.
+
+    python -m jobs.label --manifest M.parquet --vocabulary classes.txt --output OUT [--model demo]
+    ray job submit --working-dir . -- python -m jobs.label ...   # on a cluster
+
+Exit code: 0 when every shard finished (even with failed images), 1 if a shard failed,
+2 for invalid input.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from pipeline import (
+    ConfigChangedError,
+    ManifestError,
+    load_run_config,
+    ray_executor_factory,
+    ray_session,
+    run_labelling,
+)
+from pipeline.cli import overrides, parse_args
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    args = parse_args(argv)
+    try:
+        file_values = (
+            json.loads(Path(args.config).read_text(encoding="utf-8")) if args.config else None
+        )
+        config = load_run_config(file_values, overrides(args))
+        with ray_session(config.address):
+            summary = run_labelling(config, ray_executor_factory, args.allow_config_change)
+    except (ValueError, ManifestError, ConfigChangedError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"{summary.images_labelled} images labelled, {summary.images_failed} failed "
+        f"(see {config.output}/failures.jsonl), {summary.shards_failed} of {summary.shards} shards failed, "
+        f"{summary.seconds:.1f} s. Masks: {config.output}/annotations.json"
+    )
+    return 0 if summary.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

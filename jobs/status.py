@@ -1,0 +1,45 @@
+"""Show a run's progress from its ledger, without Ray: ``python -m jobs.status OUTPUT``."""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+
+from pipeline.ledger import Ledger
+from pipeline.outputs import read_run
+from pipeline.storage import Storage
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.status", description=__doc__)
+    parser.add_argument("output", help="a run's output folder (local or s3://)")
+    parser.add_argument("--tracebacks", action="store_true", help="print failed shards' tracebacks")
+    args = parser.parse_args(argv)
+    storage = Storage(args.output)
+    run = read_run(storage)
+    if run is None:
+        print(f"error: {args.output} holds no run.json: not a gclip-label output", file=sys.stderr)
+        return 2
+    entries = Ledger(storage).read_all()
+    states = collections.Counter(e.state for e in entries.values())
+    total = run.get("counts", {}).get("shards")
+    print(f"run {run['state']}: model {run['config']['model']}, method {run['config']['method']}")
+    print(
+        f"shards: {states.get('done', 0)} done, {states.get('failed', 0)} failed, "
+        f"{states.get('pending', 0)} pending" + (f", {total} planned" if total else "")
+    )
+    print(
+        f"images: {sum(e.images_done for e in entries.values())} labelled, "
+        f"{sum(e.images_failed for e in entries.values())} failed"
+    )
+    for entry in sorted(entries.values(), key=lambda e: e.shard):
+        if entry.state == "failed":
+            print(f"  shard {entry.shard}: failed after {entry.attempts} attempt(s): {entry.error}")
+            if args.tracebacks and entry.traceback:
+                print(entry.traceback)
+    return 1 if states.get("failed") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

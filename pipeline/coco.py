@@ -1,0 +1,72 @@
+"""COCO output for semantic pseudo-labels (the COCO-Stuff layout).
+
+Per image, one annotation per predicted category: the union mask as RLE, ``area`` and ``bbox``
+from pycocotools, ``iscrowd: 0`` and a ``score`` (mean confidence over the mask).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from gclip import UNLABELLED, Vocabulary
+
+
+def categories(vocabulary: Vocabulary) -> list[dict[str, Any]]:
+    """COCO category records, in vocabulary order."""
+    return [
+        {
+            "id": c.id,
+            "name": c.name,
+            "synonyms": list(c.names[1:]),
+            "supercategory": "background" if c.is_background else "object",
+            "isthing": 0 if c.is_background else 1,
+            "color": list(color),
+        }
+        for c, color in zip(vocabulary.classes, vocabulary.colors(), strict=True)
+    ]
+
+
+def encode_annotations(
+    labels_hw: np.ndarray, confidence_hw: np.ndarray, vocabulary: Vocabulary, image_id: int
+) -> list[dict[str, Any]]:
+    """One annotation per class present in ``labels_hw`` (class indices; 255 unlabelled).
+
+    Returns annotations without ``id`` (assigned when the run's file is assembled).
+    """
+    annotations = []
+    for index in np.unique(labels_hw):
+        if index == UNLABELLED:
+            continue
+        mask = labels_hw == index
+        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        annotations.append(
+            {
+                "image_id": image_id,
+                "category_id": vocabulary.classes[int(index)].id,
+                # counts decoded to str: JSON cannot hold bytes
+                "segmentation": {
+                    "size": [int(s) for s in rle["size"]],
+                    "counts": rle["counts"].decode("ascii"),
+                },
+                "area": int(mask_utils.area(rle)),
+                "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                "iscrowd": 0,
+                "score": float(confidence_hw[mask].mean()),
+            }
+        )
+    return annotations
+
+
+def decode_label_map(
+    annotations: list[dict[str, Any]], size_hw: tuple[int, int], category_to_index: dict[int, int]
+) -> np.ndarray:
+    """Rebuild an ``H x W`` uint8 label map (class indices, 255 elsewhere) from annotations."""
+    labels = np.full(size_hw, UNLABELLED, np.uint8)
+    for ann in annotations:
+        segmentation = ann["segmentation"]
+        rle = {"size": segmentation["size"], "counts": segmentation["counts"].encode("ascii")}
+        labels[mask_utils.decode(rle).astype(bool)] = category_to_index[ann["category_id"]]
+    return labels

@@ -1,0 +1,108 @@
+"""Files on local disk or object stores through ``pyarrow.fs``, written atomically.
+
+Local writes go to a temporary name in the same folder and are renamed into place; object-store
+writes are single PUTs, which readers see whole or not at all. Either way a crash never leaves a
+half-written file at a final path.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+
+def resolve(location: str) -> tuple[pafs.FileSystem, str]:
+    """``(filesystem, path)`` for a local path, ``file://`` or ``s3://`` URI.
+
+    S3 reads its usual credentials; ``AWS_ENDPOINT_URL`` (e.g. ``http://127.0.0.1:9000``)
+    points it at an S3-compatible server.
+    """
+    scheme = urlparse(location).scheme
+    if scheme in ("", "file") or len(scheme) == 1:  # len 1: a Windows drive letter
+        path = location.removeprefix("file://")
+        return pafs.LocalFileSystem(), os.path.abspath(path)
+    if scheme == "s3":
+        endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+        if endpoint:
+            parsed = urlparse(endpoint)
+            fs = pafs.S3FileSystem(
+                endpoint_override=parsed.netloc,
+                scheme=parsed.scheme or "https",
+                region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+            )
+            return fs, location.removeprefix("s3://")
+    try:
+        return pafs.FileSystem.from_uri(location)
+    except Exception as err:
+        raise ValueError(f"Unsupported location {location!r}: {err}") from err
+
+
+def read_bytes(uri: str) -> bytes:
+    """Whole contents of a file named by a path or URI."""
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path) as stream:
+        data: bytes = stream.read()
+    return data
+
+
+class Storage:
+    """A folder (local or object store) that a run writes its outputs under."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self._fs, self._base = resolve(root)
+        self._local = isinstance(self._fs, pafs.LocalFileSystem)
+        if self._local:
+            self._fs.create_dir(self._base, recursive=True)
+
+    def uri(self, relative: str) -> str:
+        """A user-facing location of ``relative`` (for messages and logs)."""
+        return f"{self.root.rstrip('/')}/{relative}"
+
+    def _path(self, relative: str) -> str:
+        return f"{self._base.rstrip('/')}/{relative}"
+
+    def write_atomic(self, relative: str, data: bytes) -> None:
+        """Write ``data`` to ``relative`` so that the file appears complete or not at all."""
+        path = self._path(relative)
+        parent = path.rsplit("/", 1)[0]
+        if not self._local:
+            with self._fs.open_output_stream(path) as stream:
+                stream.write(data)
+            return
+        self._fs.create_dir(parent, recursive=True)
+        temp = f"{parent}/.tmp-{uuid.uuid4().hex}-{path.rsplit('/', 1)[1]}"
+        try:
+            with open(temp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, path)
+        finally:
+            if os.path.exists(temp):
+                os.remove(temp)
+
+    def read(self, relative: str) -> bytes:
+        with self._fs.open_input_stream(self._path(relative)) as stream:
+            data: bytes = stream.read()
+        return data
+
+    def exists(self, relative: str) -> bool:
+        return bool(self._fs.get_file_info(self._path(relative)).type == pafs.FileType.File)
+
+    def list(self, folder: str) -> list[str]:
+        """Relative paths of the files directly in ``folder``, sorted; temporaries skipped."""
+        selector = pafs.FileSelector(self._path(folder), allow_not_found=True)
+        names = [
+            info.path.rsplit("/", 1)[1]
+            for info in self._fs.get_file_info(selector)
+            if info.type == pafs.FileType.File
+        ]
+        return sorted(f"{folder}/{n}" for n in names if not n.startswith(".tmp-"))
+
+    def delete(self, relative: str) -> None:
+        if self.exists(relative):
+            self._fs.delete_file(self._path(relative))

@@ -1,0 +1,164 @@
+"""Train the small demo CLIP on the demo world, deterministically, on a CPU.
+
+Recipe: an ordinary open_clip ``CLIP`` (4-block ViT, width 128, patch 8, 64 px) trained from
+scratch with one dense term: the GCLIP dense features (``gclip.methods.dense_features`` with the
+global blocks chosen for this depth, Channel Suppression recomputed from the live weights each
+step) against the text embeddings of the 13 class prompts, as a per-pixel cross-entropy on the
+bilinearly upsampled logits, which is exactly how inference reads them. Image-level captions
+alone do not localise at this size (``shared/docs/demo-model.md``).
+
+    python scripts/train_demo_model.py --steps 1500 --out gclip/assets/demo
+    python scripts/train_demo_model.py --steps 3 --out /tmp/demo   # smoke test
+
+Writes open_clip's local-dir layout (``open_clip_config.json`` + fp16
+``open_clip_model.safetensors``) and ``gclip.json`` (method options and prompt templates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from gclip.backbone import VisionBackbone
+from gclip.demo_world import CLASS_NAMES, generate_scene
+from gclip.methods import MethodConfig, channel_suppression, dense_features
+
+IMAGE_SIZE = 64
+TEMPLATES = ("a photo of a {}.", "a {}.")
+LOGIT_SCALE = 40.0
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+def model_config(layers: int = 4, width: int = 128, patch_size: int = 8) -> dict:
+    """An ordinary open_clip CLIP config; the text tower is narrow to keep the file small."""
+    return {
+        "embed_dim": 64,
+        "vision_cfg": {
+            "image_size": IMAGE_SIZE,
+            "layers": layers,
+            "width": width,
+            "head_width": 32,
+            "patch_size": patch_size,
+        },
+        "text_cfg": {
+            "context_length": 16,
+            "vocab_size": 49408,
+            "width": 64,
+            "heads": 4,
+            "layers": 2,
+        },
+    }
+
+
+def method_options(layers: int) -> dict:
+    """GCLIP blocks picked for this depth: the two middle blocks, CS from the second on."""
+    return {"global_blocks": [layers // 2 - 1, layers // 2], "cs_start_block": layers // 2}
+
+
+def batch(rng: np.random.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``B x 3 x S x S`` normalised images and ``B x S x S`` int64 labels."""
+    scenes = [generate_scene(rng, (IMAGE_SIZE, IMAGE_SIZE)) for _ in range(size)]
+    images = torch.from_numpy(np.stack([s.image_hwc_uint8 for s in scenes])).permute(0, 3, 1, 2)
+    images = (images.float() / 255 - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[
+        :, None, None
+    ]
+    labels = torch.from_numpy(np.stack([s.labels_hw for s in scenes])).long()
+    return images, labels
+
+
+def class_embeddings(model: open_clip.CLIP, tokenizer) -> torch.Tensor:
+    """``K x E`` prompt-ensembled class embeddings (differentiable: the text tower trains too)."""
+    prompts = [t.format(name) for name in CLASS_NAMES for t in TEMPLATES]
+    emb = F.normalize(model.encode_text(tokenizer(prompts)), dim=-1)  # K*T x E
+    return F.normalize(emb.view(len(CLASS_NAMES), len(TEMPLATES), -1).mean(1), dim=-1)  # K x E
+
+
+def train(cfg: dict, steps: int, batch_size: int, seed: int, log_every: int) -> open_clip.CLIP:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = open_clip.CLIP(**cfg)
+    tokenizer = open_clip.get_tokenizer(
+        "ViT-B-16", context_length=cfg["text_cfg"]["context_length"]
+    )
+    backbone = VisionBackbone(model.visual)
+    options = method_options(cfg["vision_cfg"]["layers"])
+    config = MethodConfig(
+        name="gclip",
+        global_blocks=tuple(options["global_blocks"]),
+        cs_start_block=options["cs_start_block"],
+    ).resolve(backbone.depth)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=1e-3, total_steps=steps, pct_start=0.1
+    )
+    start = time.time()
+    for step in range(1, steps + 1):
+        images, labels = batch(rng, batch_size)
+        feats = dense_features(
+            backbone, config, images, channel_suppression(backbone, config)
+        )  # B x g x g x E
+        logits = LOGIT_SCALE * torch.einsum(
+            "bhwe,ke->bkhw", feats, class_embeddings(model, tokenizer)
+        )
+        logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        loss = F.cross_entropy(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        if step % log_every == 0 or step == steps:
+            acc = (logits.argmax(1) == labels).float().mean().item()
+            print(
+                f"step {step:5d}  loss {loss.item():.4f}  pixel acc {acc:.3f}  {time.time() - start:6.0f} s",
+                flush=True,
+            )
+    return model.eval()
+
+
+def save(model: open_clip.CLIP, cfg: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    config = {
+        "model_cfg": cfg,
+        "preprocess_cfg": {"mean": list(MEAN), "std": list(STD), "size": IMAGE_SIZE},
+    }
+    (out / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    state = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out / "open_clip_model.safetensors"))
+    extras = {
+        "method_options": method_options(cfg["vision_cfg"]["layers"]),
+        "templates": list(TEMPLATES),
+        "classes": list(CLASS_NAMES),
+    }
+    (out / "gclip.json").write_text(json.dumps(extras, indent=2) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Train the demo CLIP on the demo world.")
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="fixed for bit-reproducible runs")
+    parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--patch-size", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=Path("gclip/assets/demo"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = model_config(args.layers, args.width, args.patch_size)
+    model = train(cfg, args.steps, args.batch_size, args.seed, args.log_every)
+    save(model, cfg, args.out)
+    print(f"saved to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""A fake segmenter behind the pipeline's SegmenterLike interface (fast, deterministic)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gclip import Segmentation
+
+
+class BrightnessSegmenter:
+    """Class 1 where a pixel is bright (mean > 127), else class 0; confidence 0.5 + |m-127.5|/255 (in [0.5, 1])."""
+
+    def __init__(self, fail_on_width: int | None = None, always_fail: bool = False) -> None:
+        self.fail_on_width = fail_on_width
+        self.always_fail = always_fail
+        self.calls = 0
+
+    def segment(self, images, vocabulary, config=None):
+        self.calls += 1
+        if self.always_fail:
+            raise ZeroDivisionError("a bug in the model code")
+        out = []
+        for image in images:
+            if image.shape[1] == self.fail_on_width:
+                raise MemoryError(f"width {image.shape[1]} does not fit")
+            m = image.astype(np.float32).mean(axis=2)
+            labels = (m > 127).astype(np.uint8)
+            out.append(Segmentation(labels, (0.5 + np.abs(m - 127.5) / 255).astype(np.float32)))
+        return out
+
+    def __call__(self):  # a factory that builds itself (the executors take factories)
+        return self

@@ -1,0 +1,70 @@
+"""The demo world, the training script (a few steps), and the shipped demo model's quality."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gclip
+from gclip.demo_world import CLASS_NAMES, generate_scene, vocabulary_text
+from gclip.metrics import confusion_matrix, scores
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_world_is_deterministic_and_labelled():
+    a = generate_scene(np.random.default_rng(3), (48, 64), max_shapes=4)
+    b = generate_scene(np.random.default_rng(3), (48, 64), max_shapes=4)
+    np.testing.assert_array_equal(a.image_hwc_uint8, b.image_hwc_uint8)
+    assert a.image_hwc_uint8.shape == (48, 64, 3) and a.labels_hw.shape == (48, 64)
+    assert len(CLASS_NAMES) == 13 and CLASS_NAMES[0] == "background"
+    vocab = gclip.parse_text(vocabulary_text())
+    assert [c.name for c in vocab.classes] == list(CLASS_NAMES) and vocab.classes[0].is_background
+    # a shape pixel has a saturated colour, a background pixel does not
+    img = a.image_hwc_uint8.astype(int)
+    sat = img.max(-1) - img.min(-1)
+    assert sat[a.labels_hw > 0].mean() > 2 * sat[a.labels_hw == 0].mean()
+
+
+def test_training_script_runs_a_few_steps(tmp_path):
+    train = _script("train_demo_model")
+    cfg = train.model_config(layers=2, width=64, patch_size=8)
+    model = train.train(cfg, steps=3, batch_size=4, seed=0, log_every=1)
+    train.save(model, cfg, tmp_path)
+    loaded = gclip.load_model(f"local-dir:{tmp_path}")
+    assert loaded.recommended == {"global_blocks": [0, 1], "cs_start_block": 1}
+    assert json.loads((tmp_path / "gclip.json").read_text())["classes"] == list(CLASS_NAMES)
+
+
+@pytest.mark.skipif(
+    not (gclip.loading.DEMO_DIR / "open_clip_config.json").exists(), reason="demo model not built"
+)
+def test_demo_model_labels_land_on_the_objects():
+    loaded = gclip.load_model(gclip.DEMO_MODEL)
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in loaded.recommended.items()}
+    seg = gclip.Segmenter.from_open_clip(
+        loaded.model, loaded.tokenizer, templates=loaded.templates, **options
+    )
+    rng = np.random.default_rng(777)
+    scenes = [generate_scene(rng, (128, 128), max_shapes=6) for _ in range(12)]
+    config = gclip.InferenceConfig(short_side=None, crop=64, stride=32)
+    results = seg.segment(
+        [s.image_hwc_uint8 for s in scenes], gclip.parse_text(vocabulary_text()), config
+    )
+    confusion = sum(
+        confusion_matrix(s.labels_hw, r.labels_hw, 13) for s, r in zip(scenes, results, strict=True)
+    )
+    assert scores(confusion).miou >= 0.7

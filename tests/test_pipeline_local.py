@@ -1,0 +1,175 @@
+"""The coordinator and worker in process with a fake segmenter: outputs, failures, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from fakes import BrightnessSegmenter
+from PIL import Image
+from pycocotools.coco import COCO
+
+import schemas
+from pipeline import ConfigChangedError, InProcessExecutor, RunConfig, run_labelling
+from pipeline.coco import decode_label_map
+from pipeline.worker import label_file_name
+
+
+def make_dataset(root, count=7, broken=()):
+    """PNG images split bright/dark by column, plus a manifest; ``broken`` rows get bad files."""
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    ids, uris = [], []
+    for i in range(count):
+        array = np.zeros((10 + i, 12, 3), np.uint8)
+        array[:, : 3 + i % 5] = 250
+        path = root / "img" / f"{i}.png"
+        if i in broken:
+            path.write_bytes(b"" if i % 2 else b"garbage bytes")
+        else:
+            Image.fromarray(array).save(path)
+        ids.append(f"img/{i}" if i == 3 else f"im{i}")  # one id is not a safe file name
+        uris.append(str(path))
+    pq.write_table(
+        pa.table({"image_id": ids, "uri": uris, "source": ["x"] * count}), root / "m.parquet"
+    )
+    (root / "vocab.txt").write_text("dark, shadow\nbright\n")
+    return root
+
+
+def config_for(root, **kw):
+    return RunConfig(
+        manifest=str(root / "m.parquet"),
+        vocabulary=str(root / "vocab.txt"),
+        output=str(root / "out"),
+        shard_size=3,
+        **kw,
+    )
+
+
+def fake_executor(segmenter=None):
+    return lambda config, settings: InProcessExecutor(
+        segmenter or BrightnessSegmenter(), settings, config.output
+    )
+
+
+def test_outputs_decode_to_the_labels_and_validate(tmp_path):
+    root = make_dataset(tmp_path, broken=(5,))
+    summary = run_labelling(config_for(root, png_labels=True), fake_executor())
+    assert (
+        summary.ok
+        and summary.shards == 3
+        and summary.images_labelled == 6
+        and summary.images_failed == 1
+    )
+    out = root / "out"
+    coco_data = json.loads((out / "annotations.json").read_text())
+    schemas.validate(coco_data, "annotations")
+    assert (
+        coco_data["info"]["method"] == "gclip" and len(coco_data["info"]["vocabulary_sha256"]) == 64
+    )
+    coco = COCO(str(out / "annotations.json"))
+    for image in coco_data["images"]:
+        i = int(image["file_name"].rsplit("/", 1)[1].split(".")[0])
+        expected = np.zeros((10 + i, 12), np.uint8)
+        expected[:, : 3 + i % 5] = 1
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=[image["id"]]))
+        labels = decode_label_map(anns, (image["height"], image["width"]), {1: 0, 2: 1})
+        np.testing.assert_array_equal(labels, expected)
+        png = np.asarray(Image.open(out / image["label_file"]))
+        np.testing.assert_array_equal(png, expected)
+        assert image["image_id"] == (f"img/{i}" if i == 3 else f"im{i}")
+    assert label_file_name("img/3").startswith("_") and not (out / "labels" / "img").exists()
+    failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert failures == [
+        {
+            "image_id": "im5",
+            "uri": str(root / "img" / "5.png"),
+            "error": "ImageDecodeError",
+            "message": "the file is empty",
+        }
+    ]
+    for failure in failures:
+        schemas.validate(failure, "failure")
+    run = json.loads((out / "run.json").read_text())
+    schemas.validate(run, "run")
+    assert run["state"] == "finished" and run["counts"]["images_failed"] == 1
+    for shard_file in sorted((out / "shards").iterdir()):
+        schemas.validate(json.loads(shard_file.read_text()), "shard")
+    for entry in sorted((out / "ledger").iterdir()):
+        schemas.validate(json.loads(entry.read_text()), "ledger_entry")
+    summary_table = pq.read_table(out / "summary.parquet").to_pylist()
+    first = [r for r in summary_table if r["image_id"] == "im0"]
+    assert {r["category"] for r in first} == {"dark", "bright"}
+    assert sum(r["pixel_fraction"] for r in first) == pytest.approx(1.0)
+
+
+def test_resume_skips_finished_shards_and_rewrites_nothing(tmp_path):
+    root = make_dataset(tmp_path)
+    config = config_for(root)
+    run_labelling(config, fake_executor())
+    out = root / "out"
+    first = (out / "annotations.json").read_bytes()
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "shards").iterdir()}
+    (out / "ledger" / "shard-000001.json").unlink()  # a crash between shard file and ledger write
+    (out / "shards" / "shard-000002.json").unlink()  # a shard that never finished
+    segmenter = BrightnessSegmenter()
+    run_labelling(config, fake_executor(segmenter))
+    assert segmenter.calls == 1  # only shard 2 (one chunk) ran again
+    assert (out / "annotations.json").read_bytes() == first
+    for path, stamp in stamps.items():
+        if path.name != "shard-000002.json":
+            assert path.stat().st_mtime_ns == stamp
+
+
+def test_changed_settings_are_refused_unless_asked(tmp_path):
+    root = make_dataset(tmp_path)
+    run_labelling(config_for(root), fake_executor())
+    with pytest.raises(ConfigChangedError, match="--allow-config-change"):
+        run_labelling(config_for(root, method="clearclip"), fake_executor())
+    (root / "vocab.txt").write_text("dark\nbright\nmedium\n")
+    with pytest.raises(ConfigChangedError):
+        run_labelling(config_for(root), fake_executor())
+    run_labelling(config_for(root), fake_executor(), allow_config_change=True)
+    # batch size changes no label: resuming with another one is fine
+    run_labelling(
+        config_for(root, inference={"batch_size": 3}), fake_executor(), allow_config_change=False
+    )
+
+
+def test_a_bug_fails_the_shard_with_its_traceback(tmp_path):
+    root = make_dataset(tmp_path)
+    summary = run_labelling(config_for(root), fake_executor(BrightnessSegmenter(always_fail=True)))
+    assert not summary.ok and summary.shards_failed == 3
+    entry = json.loads((root / "out" / "ledger" / "shard-000000.json").read_text())
+    assert entry["state"] == "failed" and "ZeroDivisionError" in entry["traceback"]
+    assert json.loads((root / "out" / "run.json").read_text())["state"] == "failed"
+    # the next run retries failed shards and, with the bug fixed, finishes
+    assert run_labelling(config_for(root), fake_executor()).ok
+
+
+def test_one_image_failing_in_the_model_is_isolated(tmp_path):
+    root = make_dataset(tmp_path)
+    summary = run_labelling(
+        config_for(root), fake_executor(BrightnessSegmenter(fail_on_width=12 + 0))
+    )
+    # every image is 12 wide here, so every model call fails: that is a bug, shards fail
+    assert summary.shards_failed == 3
+    root2 = make_dataset(tmp_path / "b")
+    img = root2 / "img" / "4.png"
+    Image.fromarray(np.zeros((5, 30, 3), np.uint8)).save(img)
+    summary = run_labelling(config_for(root2), fake_executor(BrightnessSegmenter(fail_on_width=30)))
+    assert summary.ok and summary.images_failed == 1 and summary.images_labelled == 6
+    failure = json.loads((root2 / "out" / "failures.jsonl").read_text())
+    assert failure["image_id"] == "im4" and failure["error"] == "MemoryError"
+
+
+def test_atomic_writes_leave_no_temporaries(tmp_path):
+    root = make_dataset(tmp_path)
+    run_labelling(config_for(root, png_labels=True), fake_executor())
+    leftovers = [p for p in (root / "out").rglob("*") if p.name.startswith(".tmp-")]
+    assert leftovers == []
+    assert sorted(os.listdir(root / "out" / "shards")) == [f"shard-{i:06d}.json" for i in range(3)]

@@ -1,0 +1,129 @@
+"""The pipeline on a local Ray: end to end, killing the driver, killing a worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline import InProcessExecutor, RayExecutor, RunConfig, SegmenterSpec, run_labelling
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "demo"
+ARGS = ["--short-side", "64", "--crop", "64", "--stride", "32"]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield ray
+    ray.shutdown()
+
+
+def demo_config(output, **kw) -> RunConfig:
+    return RunConfig(
+        manifest=str(DEMO / "manifest.parquet"),
+        vocabulary=str(DEMO / "vocabulary.txt"),
+        output=str(output),
+        model="demo",
+        shard_size=3,
+        inference={"short_side": 64, "crop": 64, "stride": 32},
+        **kw,
+    )
+
+
+def in_process(config, settings):
+    return InProcessExecutor(SegmenterSpec("demo", None, "gclip"), settings, config.output)
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("clean")
+    assert run_labelling(demo_config(out), in_process).ok
+    return (out / "annotations.json").read_bytes()
+
+
+def test_ray_run_equals_in_process_run(ray_local, tmp_path, clean_run):
+    def factory(config, settings):
+        return RayExecutor(
+            SegmenterSpec("demo", None, "gclip"), settings, config.output, num_workers=2
+        )
+
+    assert run_labelling(demo_config(tmp_path), factory).ok
+    assert (tmp_path / "annotations.json").read_bytes() == clean_run
+
+
+def test_killed_worker_is_retried(ray_local, tmp_path, clean_run):
+    killed = []
+
+    def factory(config, settings):
+        executor = RayExecutor(
+            SegmenterSpec("demo", None, "gclip"), settings, config.output, num_workers=1
+        )
+        pid = ray_local.get(executor.actors[0].pid.remote())
+        submit = executor.submit
+
+        def submit_then_kill(shard):
+            submit(shard)
+            if shard.index == 2 and not killed:
+                time.sleep(0.2)
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+        executor.submit = submit_then_kill
+        return executor
+
+    summary = run_labelling(demo_config(tmp_path), factory)
+    assert killed and summary.ok
+    attempts = {json.loads(p.read_text())["attempts"] for p in (tmp_path / "ledger").iterdir()}
+    assert 2 in attempts  # at least one shard needed a second attempt
+    assert (tmp_path / "annotations.json").read_bytes() == clean_run
+
+
+def test_driver_killed_then_resumed_equals_clean(tmp_path, clean_run):
+    out = tmp_path / "out"
+    command = [
+        sys.executable,
+        "-m",
+        "jobs.label",
+        "--manifest",
+        str(DEMO / "manifest.parquet"),
+        "--vocabulary",
+        str(DEMO / "vocabulary.txt"),
+        "--output",
+        str(out),
+        "--model",
+        "demo",
+        "--shard-size",
+        "3",
+        *ARGS,
+    ]
+    driver = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "shards" / "shard-000001.json").exists():
+        time.sleep(0.05)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the embedded Ray it started
+    driver.wait()
+    finished = sorted(p.name for p in (out / "shards").iterdir())
+    assert finished and len(finished) < 6, "the kill should land mid-run"
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir()}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (out / "annotations.json").read_bytes() == clean_run
+    for name, stamp in stamps.items():
+        assert (out / "shards" / name).stat().st_mtime_ns == stamp  # finished shards not rewritten
