@@ -66,7 +66,18 @@ def decode_label_map(
     """Rebuild an ``H x W`` uint8 label map (class indices, 255 elsewhere) from annotations."""
     labels = np.full(size_hw, UNLABELLED, np.uint8)
     for ann in annotations:
-        segmentation = ann["segmentation"]
-        rle = {"size": segmentation["size"], "counts": segmentation["counts"].encode("ascii")}
-        labels[mask_utils.decode(rle).astype(bool)] = category_to_index[ann["category_id"]]
+        labels[annotation_mask(ann, size_hw)] = category_to_index[ann["category_id"]]
     return labels
+
+
+def annotation_mask(annotation: dict[str, Any], size_hw: tuple[int, int]) -> np.ndarray:
+    """``H x W`` bool mask of an annotation: polygons, uncompressed or compressed RLE."""
+    h, w = size_hw
+    segmentation = annotation["segmentation"]
+    if isinstance(segmentation, list):  # polygons
+        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, h, w))
+    elif isinstance(segmentation["counts"], list):  # uncompressed RLE
+        rle = mask_utils.frPyObjects(segmentation, h, w)
+    else:
+        rle = {"size": segmentation["size"], "counts": segmentation["counts"].encode("ascii")}
+    return np.asarray(mask_utils.decode(rle), dtype=bool)

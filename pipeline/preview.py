@@ -1,0 +1,92 @@
+"""Preview PNGs: the image, the same image with its coloured mask, and a legend."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from pipeline.coco import decode_label_map
+from pipeline.images import decode
+from pipeline.storage import Storage, read_bytes
+from pipeline.worker import label_file_name
+
+_ALPHA = 0.55
+_MAX_SIDE = 640  # previews are for eyes: the [image | overlay] pair is scaled to about this width
+
+
+def render(
+    image_hwc: np.ndarray, labels_hw: np.ndarray, categories: list[dict[str, Any]]
+) -> Image.Image:
+    """``[image | overlay | legend]`` as one RGB picture; unlabelled (255) and background
+    pixels stay uncoloured so the objects stand out."""
+    palette = np.zeros((256, 3), np.float32)
+    for index, category in enumerate(categories):
+        palette[index] = category.get("color", (255, 0, 255))
+    background = [i for i, c in enumerate(categories) if c.get("supercategory") == "background"]
+    painted = (labels_hw != 255) & ~np.isin(labels_hw, background)
+    overlay = image_hwc.astype(np.float32)
+    overlay[painted] = (1 - _ALPHA) * overlay[painted] + _ALPHA * palette[labels_hw[painted]]
+    pair = np.concatenate([image_hwc, overlay.astype(np.uint8)], axis=1)
+    picture = Image.fromarray(pair)
+    # Shrink large images, enlarge tiny ones (nearest, so label edges stay crisp).
+    scale = _MAX_SIDE / max(picture.size)
+    if scale < 1.0 or scale >= 2.0:
+        scale = scale if scale < 1.0 else float(int(scale))
+        size = (max(1, int(picture.width * scale)), max(1, int(picture.height * scale)))
+        picture = picture.resize(
+            size, Image.Resampling.NEAREST if scale > 1 else Image.Resampling.BILINEAR
+        )
+    present = [i for i in np.unique(labels_hw) if i != 255]
+    return _with_legend(
+        picture, [(categories[i]["name"], tuple(int(v) for v in palette[i])) for i in present]
+    )
+
+
+def _with_legend(picture: Image.Image, entries: list[tuple[str, tuple[int, ...]]]) -> Image.Image:
+    font = ImageFont.load_default()
+    row = 14
+    width = 10 + max([int(font.getlength(name)) for name, _ in entries] + [60]) + 24
+    height = max(picture.height, row * len(entries) + 10)
+    canvas = Image.new("RGB", (picture.width + width, height), (255, 255, 255))
+    canvas.paste(picture, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for n, (name, color) in enumerate(entries):
+        y = 5 + n * row
+        draw.rectangle(
+            [picture.width + 6, y, picture.width + 16, y + 10], fill=color, outline=(0, 0, 0)
+        )
+        draw.text((picture.width + 22, y - 1), name, fill=(0, 0, 0), font=font)
+    return canvas
+
+
+def write_previews(
+    output: str, count: int = 8, seed: int = 0, folder: str = "previews"
+) -> list[str]:
+    """Render ``count`` sampled images of a run into ``OUTPUT/<folder>/``; return their paths."""
+    storage = Storage(output)
+    coco = json.loads(storage.read("annotations.json"))
+    images = sorted(coco["images"], key=lambda im: im["id"])
+    sample = sorted(
+        random.Random(seed).sample(images, min(count, len(images))), key=lambda im: im["id"]
+    )
+    by_image: dict[int, list[dict[str, Any]]] = {}
+    for ann in coco["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    index_of = {c["id"]: i for i, c in enumerate(coco["categories"])}
+    written = []
+    for image in sample:
+        pixels = decode(read_bytes(image["file_name"]))
+        labels = decode_label_map(
+            by_image.get(image["id"], []), (image["height"], image["width"]), index_of
+        )
+        buffer = io.BytesIO()
+        render(pixels, labels, coco["categories"]).save(buffer, format="PNG")
+        relative = f"{folder}/{label_file_name(image['image_id'])}"
+        storage.write_atomic(relative, buffer.getvalue())
+        written.append(storage.uri(relative))
+    return written

@@ -1,0 +1,126 @@
+"""jobs.evaluate against PNG and COCO ground truth, and jobs.preview, on a fake-segmenter run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from fakes import BrightnessSegmenter
+from PIL import Image
+from test_pipeline_local import make_dataset
+
+import schemas
+from jobs import evaluate as evaluate_job
+from jobs import preview as preview_job
+from pipeline import InProcessExecutor, RunConfig, run_labelling
+from pipeline.worker import label_file_name
+
+
+@pytest.fixture
+def finished_run(tmp_path):
+    root = make_dataset(tmp_path, count=4)
+    config = RunConfig(
+        manifest=str(root / "m.parquet"),
+        vocabulary=str(root / "vocab.txt"),
+        output=str(root / "out"),
+        shard_size=2,
+    )
+    assert run_labelling(
+        config, lambda c, s: InProcessExecutor(BrightnessSegmenter(), s, c.output)
+    ).ok
+    return root
+
+
+def truth(i):
+    labels = np.zeros((10 + i, 12), np.uint8)
+    labels[:, : 3 + i % 5] = 1
+    return labels
+
+
+def test_png_ground_truth_scores_by_hand(finished_run, capsys):
+    gt = finished_run / "gt"
+    gt.mkdir()
+    for i in range(4):
+        labels = truth(i)
+        if i == 0:
+            labels[:, 3] = 1  # one column the prediction calls dark: 10 pixels wrong
+        if i == 1:
+            labels[0, :] = 255  # ignored row
+        Image.fromarray(labels).save(gt / label_file_name(f"img/{i}" if i == 3 else f"im{i}"))
+    assert (
+        evaluate_job.main(["--predictions", str(finished_run / "out"), "--ground-truth", str(gt)])
+        == 0
+    )
+    report = json.loads((finished_run / "out" / "evaluation.json").read_text())
+    schemas.validate(report, "evaluation")
+    # image 0 truth: 4 bright columns, prediction 3; every other pixel right
+    conf = np.array(report["confusion"])
+    assert conf[1, 0] == 10 and conf[0, 1] == 0 and conf[:, 2].sum() == 0
+    total = sum(10 + i for i in range(4)) * 12 - 12
+    assert report["pixel_accuracy"] == pytest.approx((total - 10) / total)
+    bright = conf[1, 1]
+    assert report["iou"]["bright"] == pytest.approx(bright / (bright + 10))
+    assert "| **mIoU** |" in (finished_run / "out" / "evaluation.md").read_text()
+    assert "mIoU" in capsys.readouterr().out
+
+
+def test_coco_ground_truth_with_polygons(finished_run):
+    images, anns = [], []
+    for i in range(4):
+        name = "img/3" if i == 3 else f"im{i}"  # matched by file name without extension
+        images.append({"id": 100 + i, "file_name": f"{name}.jpg", "height": 10 + i, "width": 12})
+        w = 3 + i % 5  # bright block as a polygon, the rest as dark
+        anns.append(
+            {
+                "id": 2 * i + 1,
+                "image_id": 100 + i,
+                "category_id": 2,
+                "iscrowd": 0,
+                "segmentation": [[0, 0, w, 0, w, 10 + i, 0, 10 + i]],
+            }
+        )
+        anns.append(
+            {
+                "id": 2 * i + 2,
+                "image_id": 100 + i,
+                "category_id": 1,
+                "iscrowd": 0,
+                "segmentation": [[w, 0, 12, 0, 12, 10 + i, w, 10 + i]],
+            }
+        )
+    gt = finished_run / "gt.json"
+    gt.write_text(
+        json.dumps(
+            {
+                "images": images,
+                "annotations": anns,
+                "categories": [{"id": 1, "name": "dark"}, {"id": 2, "name": "bright"}],
+            }
+        )
+    )
+    assert (
+        evaluate_job.main(["--predictions", str(finished_run / "out"), "--ground-truth", str(gt)])
+        == 0
+    )
+    report = json.loads((finished_run / "out" / "evaluation.json").read_text())
+    assert report["miou"] == pytest.approx(1.0) and report["images"] == 4
+
+
+def test_no_matching_ground_truth_is_an_error(finished_run, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert (
+        evaluate_job.main(
+            ["--predictions", str(finished_run / "out"), "--ground-truth", str(tmp_path / "empty")]
+        )
+        == 2
+    )
+    assert "No prediction" in capsys.readouterr().err
+
+
+def test_previews(finished_run):
+    assert preview_job.main([str(finished_run / "out"), "--count", "2"]) == 0
+    files = sorted((finished_run / "out" / "previews").iterdir())
+    assert len(files) == 2
+    picture = np.asarray(Image.open(files[0]).convert("RGB"))
+    assert picture.shape[1] > 2 * 12  # image, overlay and legend side by side
