@@ -19,7 +19,6 @@ from pipeline import (
     ManifestError,
     load_run_config,
     ray_executor_factory,
-    ray_session,
     run_labelling,
 )
 from pipeline.cli import overrides, parse_args
@@ -35,8 +34,7 @@ def main(argv: list[str] | None = None) -> int:
             json.loads(Path(args.config).read_text(encoding="utf-8")) if args.config else None
         )
         config = load_run_config(file_values, overrides(args))
-        with ray_session(config.address):
-            summary = run_labelling(config, ray_executor_factory, args.allow_config_change)
+        summary = run_labelling(config, ray_executor_factory, args.allow_config_change)
     except (ValueError, ManifestError, ConfigChangedError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -8,7 +8,7 @@ from pipeline.coordinator import ConfigChangedError, RunSummary, run_labelling
 from pipeline.executors import InProcessExecutor, RayExecutor
 from pipeline.manifest import ManifestError, plan_shards, read_manifest
 from pipeline.model import SegmenterSpec
-from pipeline.ray_session import ray_executor_factory, ray_session
+from pipeline.ray_session import connect, ray_executor_factory
 
 __all__ = [
     "ConfigChangedError",
@@ -18,10 +18,10 @@ __all__ = [
     "RunConfig",
     "RunSummary",
     "SegmenterSpec",
+    "connect",
     "load_run_config",
     "plan_shards",
     "ray_executor_factory",
-    "ray_session",
     "read_manifest",
     "run_labelling",
 ]

@@ -114,14 +114,30 @@ class RayExecutor:
         output: str,
         num_workers: int,
         per_worker: int = 2,
+        owns_ray: bool = False,
     ) -> None:
         import ray
 
         self._ray = ray
-        gpus = ray.cluster_resources().get("GPU", 0)
-        options: dict[str, Any] = {"num_cpus": 1, "max_restarts": -1, "max_task_retries": 0}
-        if gpus >= 1:
-            options["num_gpus"] = 1
+        self._owns_ray = owns_ray
+        resources = ray.cluster_resources()
+        options: dict[str, Any] = {"max_restarts": -1, "max_task_retries": 0}
+        if resources.get("GPU", 0) >= 1:
+            options.update(num_gpus=1, num_cpus=1)  # the other CPUs stay free for decoding
+        else:
+            # Ray caps a CPU actor's torch threads at its num_cpus: share the CPUs out.
+            options["num_cpus"] = max(1, int(resources.get("CPU", 1)) // num_workers)
+        kind = "GPU" if "num_gpus" in options else "CPU"
+        wanted = num_workers * options.get("num_gpus", options["num_cpus"])
+        if wanted > resources.get(kind, 0):
+            log.warning(
+                "%d workers need %s %s but the cluster has %s now: some workers wait until the "
+                "cluster grows (lower --num-workers on a fixed cluster)",
+                num_workers,
+                wanted,
+                kind,
+                resources.get(kind, 0),
+            )
         self._actor_class = ray.remote(LabelWorker).options(**options)
         self._actor_args = (factory, settings, output)
         self._actors: list[Any] = [
@@ -130,7 +146,7 @@ class RayExecutor:
         self.capacity = per_worker * num_workers
         self._in_flight: dict[Any, tuple[int, Any]] = {}
         self._next_actor = 0
-        log.info("started %d Ray workers (%s GPU each)", num_workers, options.get("num_gpus", 0))
+        log.info("started %d Ray workers (%s)", num_workers, options)
 
     @property
     def actors(self) -> list[Any]:
@@ -194,3 +210,5 @@ class RayExecutor:
         for actor in self._actors:
             self._ray.kill(actor)
         self._in_flight.clear()
+        if self._owns_ray:
+            self._ray.shutdown()

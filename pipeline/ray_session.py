@@ -1,11 +1,13 @@
-"""Connecting to Ray: an existing cluster (``--address`` / ``RAY_ADDRESS``) or an embedded one."""
+"""Connecting to Ray: an existing cluster (``--address`` / ``RAY_ADDRESS``) or an embedded one.
+
+Ray is started only when there is work: validation and planning run before it, so bad input
+fails in a second, not after Ray's start-up.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-from collections.abc import Iterator
 
 from pipeline.config import RunConfig
 from pipeline.executors import Executor, RayExecutor
@@ -15,29 +17,29 @@ from pipeline.worker import ShardSettings
 log = logging.getLogger(__name__)
 
 
-@contextlib.contextmanager
-def ray_session(address: str | None) -> Iterator[None]:
-    """``ray.init`` for the job's duration; under ``ray job submit`` the driver joins the cluster."""
+def connect(address: str | None) -> bool:
+    """Join a cluster or start an embedded Ray; return whether this call started it.
+
+    Under ``ray job submit`` the driver runs on the cluster with ``RAY_ADDRESS`` set and joins it.
+    """
     import ray
 
     if ray.is_initialized():
-        yield
-        return
+        return False
     address = address or os.environ.get("RAY_ADDRESS")
-    kwargs: dict[str, object] = {"include_dashboard": False} if not address else {}
-    # The working dir reaches workers through runtime_env when the job is submitted; an
-    # embedded Ray shares this process's sys.path with its workers through the environment.
-    ray.init(address=address, log_to_driver=True, **kwargs)  # type: ignore[arg-type]
-    log.info("Ray: %s", "cluster at " + address if address else "embedded local instance")
-    try:
-        yield
-    finally:
-        ray.shutdown()
+    if address:
+        ray.init(address=address)
+        log.info("Ray: joined the cluster at %s", address)
+    else:
+        ray.init(include_dashboard=False)
+        log.info("Ray: started an embedded local instance")
+    return True
 
 
 def ray_executor_factory(config: RunConfig, settings: ShardSettings) -> Executor:
     """One Ray actor per worker, each building the configured segmenter once."""
+    owns_ray = connect(config.address)
     spec = SegmenterSpec(
         config.model, config.pretrained, config.method, config.method_options, config.device
     )
-    return RayExecutor(spec, settings, config.output, config.num_workers)
+    return RayExecutor(spec, settings, config.output, config.num_workers, owns_ray=owns_ray)

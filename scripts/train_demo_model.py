@@ -59,8 +59,11 @@ def model_config(layers: int = 4, width: int = 128, patch_size: int = 8) -> dict
 
 
 def method_options(layers: int) -> dict:
-    """GCLIP blocks picked for this depth: the two middle blocks, CS from the second on."""
-    return {"global_blocks": [layers // 2 - 1, layers // 2], "cs_start_block": layers // 2}
+    """GCLIP blocks picked for this depth: the two middle blocks (both before the last one),
+    Channel Suppression from the second on."""
+    middle = layers // 2
+    blocks = sorted({max(0, middle - 1), min(middle, layers - 2)})
+    return {"global_blocks": blocks, "cs_start_block": blocks[-1]}
 
 
 def batch(rng: np.random.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,7 +84,15 @@ def class_embeddings(model: open_clip.CLIP, tokenizer) -> torch.Tensor:
     return F.normalize(emb.view(len(CLASS_NAMES), len(TEMPLATES), -1).mean(1), dim=-1)  # K x E
 
 
-def train(cfg: dict, steps: int, batch_size: int, seed: int, log_every: int) -> open_clip.CLIP:
+def train(
+    cfg: dict,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    log_every: int,
+    object_weight: float = 3.0,
+    lr: float = 1e-3,
+) -> open_clip.CLIP:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = open_clip.CLIP(**cfg)
@@ -95,10 +106,13 @@ def train(cfg: dict, steps: int, batch_size: int, seed: int, log_every: int) -> 
         global_blocks=tuple(options["global_blocks"]),
         cs_start_block=options["cs_start_block"],
     ).resolve(backbone.depth)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=1e-3, total_steps=steps, pct_start=0.1
+        optimizer, max_lr=lr, total_steps=steps, pct_start=0.1
     )
+    # Background covers most pixels and is easy; weighting the 12 object classes up makes the
+    # loss about telling shapes apart.
+    class_weights = torch.tensor([1.0] + [object_weight] * (len(CLASS_NAMES) - 1))
     start = time.time()
     for step in range(1, steps + 1):
         images, labels = batch(rng, batch_size)
@@ -109,7 +123,7 @@ def train(cfg: dict, steps: int, batch_size: int, seed: int, log_every: int) -> 
             "bhwe,ke->bkhw", feats, class_embeddings(model, tokenizer)
         )
         logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-        loss = F.cross_entropy(logits, labels)
+        loss = F.cross_entropy(logits, labels, weight=class_weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -148,6 +162,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="fixed for bit-reproducible runs")
     parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument(
+        "--object-weight", type=float, default=3.0, help="loss weight of object classes"
+    )
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--patch-size", type=int, default=8)
@@ -155,7 +173,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg = model_config(args.layers, args.width, args.patch_size)
-    model = train(cfg, args.steps, args.batch_size, args.seed, args.log_every)
+    model = train(
+        cfg, args.steps, args.batch_size, args.seed, args.log_every, args.object_weight, args.lr
+    )
     save(model, cfg, args.out)
     print(f"saved to {args.out}")
 

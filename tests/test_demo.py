@@ -41,11 +41,13 @@ def test_world_is_deterministic_and_labelled():
 
 def test_training_script_runs_a_few_steps(tmp_path):
     train = _script("train_demo_model")
-    cfg = train.model_config(layers=2, width=64, patch_size=8)
+    cfg = train.model_config(layers=3, width=64, patch_size=8)
     model = train.train(cfg, steps=3, batch_size=4, seed=0, log_every=1)
     train.save(model, cfg, tmp_path)
     loaded = gclip.load_model(f"local-dir:{tmp_path}")
     assert loaded.recommended == {"global_blocks": [0, 1], "cs_start_block": 1}
+    assert train.method_options(4) == {"global_blocks": [1, 2], "cs_start_block": 2}
+    assert train.method_options(2) == {"global_blocks": [0], "cs_start_block": 0}
     assert json.loads((tmp_path / "gclip.json").read_text())["classes"] == list(CLASS_NAMES)
 
 

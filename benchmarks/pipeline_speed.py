@@ -1,0 +1,96 @@
+"""Throughput of the whole labelling pipeline (one Ray worker) against the bare segmenter.
+
+Both label the same images with the same model and settings. The bare segmenter gets decoded
+arrays in memory; the pipeline reads PNG files, decodes them on threads, segments, encodes RLE,
+and writes shard files atomically. Prints images/s of each and their ratio (target >= 0.85),
+for the steady state (the worker's shard time) and end to end (including Ray start and the
+model build in the worker).
+
+    python benchmarks/pipeline_speed.py [--images 96] [--model demo]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from gclip.demo_world import generate_scene, vocabulary_text
+from pipeline import RunConfig, SegmenterSpec, ray_executor_factory, run_labelling
+
+
+def make_images(folder: Path, count: int, size: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    arrays, rows = [], []
+    for i in range(count):
+        scene = generate_scene(rng, (size, size), max_shapes=6)
+        path = folder / f"{i}.png"
+        Image.fromarray(scene.image_hwc_uint8).save(path)
+        arrays.append(scene.image_hwc_uint8)
+        rows.append({"image_id": i, "uri": str(path)})
+    pq.write_table(pa.Table.from_pylist(rows), folder / "manifest.parquet")
+    (folder / "vocabulary.txt").write_text(vocabulary_text())
+    return arrays
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=96)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--model", default="demo")
+    parser.add_argument("--pretrained", default=None)
+    parser.add_argument("--shard-size", type=int, default=32)
+    args = parser.parse_args()
+    inference = {"short_side": None, "crop": 64, "stride": 32, "batch_size": 32}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        arrays = make_images(folder, args.images, args.size)
+        config = RunConfig(
+            manifest=str(folder / "manifest.parquet"),
+            vocabulary=str(folder / "vocabulary.txt"),
+            output=str(folder / "out"),
+            model=args.model,
+            pretrained=args.pretrained,
+            inference=inference,
+            shard_size=args.shard_size,
+            num_workers=1,
+        )
+        # Bare segmenter: the same model, settings and call size as the worker uses.
+        segmenter = SegmenterSpec(args.model, args.pretrained, "gclip")()
+        import gclip
+
+        vocabulary = gclip.parse_text(vocabulary_text())
+        settings = config.inference_config()
+        segmenter.segment(arrays[:2], vocabulary, settings)  # warm-up
+        start = time.perf_counter()
+        for i in range(0, len(arrays), config.images_per_call):
+            segmenter.segment(arrays[i : i + config.images_per_call], vocabulary, settings)
+        bare_s = time.perf_counter() - start
+
+        start = time.perf_counter()
+        summary = run_labelling(config, ray_executor_factory)  # starts and stops an embedded Ray
+        wall_s = time.perf_counter() - start
+        shard_s = sum(
+            json.loads(p.read_text())["seconds"] for p in (folder / "out" / "ledger").iterdir()
+        )
+    assert summary.ok
+    n = args.images
+    print(
+        f"{n} images {args.size}x{args.size}, model {args.model}, shards of {args.shard_size}, 1 worker"
+    )
+    print(f"bare segmenter:            {n / bare_s:7.2f} images/s")
+    print(f"pipeline, steady state:    {n / shard_s:7.2f} images/s  ratio {bare_s / shard_s:.2f}")
+    print(
+        f"pipeline, end to end:      {n / wall_s:7.2f} images/s  ratio {bare_s / wall_s:.2f} (incl. Ray start, model build)"
+    )
+
+
+if __name__ == "__main__":
+    main()
