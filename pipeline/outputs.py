@@ -7,7 +7,6 @@ run produces the same bytes as an uninterrupted one.
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterable
 from typing import Any
@@ -48,38 +47,52 @@ def assemble(
 ) -> dict[str, int]:
     """Write annotations.json, failures.jsonl and summary.parquet from the given shard files.
 
+    Streams shard by shard (each shard file is read twice: images first, then annotations), so
+    memory holds one shard at a time whatever the size of the run.
+
     Returns:
         counts: images labelled, images failed, annotations.
     """
-    images: list[dict[str, Any]] = []
-    annotations: list[dict[str, Any]] = []
-    failures: list[dict[str, Any]] = []
-    summary: list[dict[str, Any]] = []
-    for shard in sorted(shards):
-        data = read_shard(storage, shard)
-        images += data["images"]
-        annotations += data["annotations"]
-        failures += data["failures"]
-        summary += data["summary"]
-    for number, annotation in enumerate(annotations, start=1):
-        annotation["id"] = number
-    coco = {
-        "info": info,
-        "images": images,
-        "annotations": annotations,
-        "categories": categories(vocabulary),
-    }
-    schemas.validate(coco, "annotations")
-    storage.write_atomic(ANNOTATIONS, json.dumps(coco, separators=(",", ":")).encode())
-    storage.write_atomic(FAILURES, "".join(json.dumps(f) + "\n" for f in failures).encode())
-    buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(summary, schema=_SUMMARY_SCHEMA), buffer)
-    storage.write_atomic(SUMMARY, buffer.getvalue())
-    return {
-        "images_labelled": len(images),
-        "images_failed": len(failures),
-        "annotations": len(annotations),
-    }
+    order = sorted(shards)
+    counts = {"images_labelled": 0, "images_failed": 0, "annotations": 0}
+    cats = categories(vocabulary)
+    schemas.validate(
+        {"info": info, "categories": cats, "images": [], "annotations": []}, "annotations"
+    )
+    with (
+        storage.open_atomic(ANNOTATIONS) as coco,
+        storage.open_atomic(FAILURES) as failures,
+        storage.open_atomic(SUMMARY) as summary_file,
+        pq.ParquetWriter(summary_file, _SUMMARY_SCHEMA) as summary,
+    ):
+        coco.write(b'{"info":' + _json(info) + b',"categories":' + _json(cats) + b',"images":[')
+        for shard in order:
+            data = read_shard(storage, shard)
+            _write_items(coco, data["images"], first=counts["images_labelled"] == 0)
+            counts["images_labelled"] += len(data["images"])
+            counts["images_failed"] += len(data["failures"])
+            failures.write(b"".join(_json(f) + b"\n" for f in data["failures"]))
+            summary.write_table(pa.Table.from_pylist(data["summary"], schema=_SUMMARY_SCHEMA))
+        coco.write(b'],"annotations":[')
+        for shard in order:
+            annotations = read_shard(storage, shard)["annotations"]
+            first = counts["annotations"] == 0
+            for annotation in annotations:
+                counts["annotations"] += 1
+                annotation["id"] = counts["annotations"]
+            _write_items(coco, annotations, first=first)
+        coco.write(b"]}")
+    return counts
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _write_items(stream: Any, items: list[dict[str, Any]], first: bool) -> None:
+    """Append items to an open JSON array, with the commas between them."""
+    if items:
+        stream.write((b"" if first else b",") + b",".join(_json(item) for item in items))
 
 
 def write_run(storage: Storage, run: dict[str, Any]) -> None:

@@ -1,14 +1,17 @@
 """Files on local disk or object stores through ``pyarrow.fs``, written atomically.
 
-Local writes go to a temporary name in the same folder and are renamed into place; object-store
-writes are single PUTs, which readers see whole or not at all. Either way a crash never leaves a
-half-written file at a final path.
+Writes go to a temporary name in the same folder and are renamed (local) or moved (object
+stores: a server-side copy, which readers see whole or not at all) into place. A crash never
+leaves a half-written file at a final path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
+from collections.abc import Iterator
+from typing import BinaryIO
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
@@ -67,17 +70,34 @@ class Storage:
 
     def write_atomic(self, relative: str, data: bytes) -> None:
         """Write ``data`` to ``relative`` so that the file appears complete or not at all."""
+        with self.open_atomic(relative) as stream:
+            stream.write(data)
+
+    @contextlib.contextmanager
+    def open_atomic(self, relative: str) -> Iterator[BinaryIO]:
+        """A binary stream whose contents appear at ``relative`` only if the block succeeds.
+
+        Data goes to a temporary name beside the target and is renamed (local) or moved
+        (object stores) into place only when the block succeeds.
+        """
         path = self._path(relative)
-        parent = path.rsplit("/", 1)[0]
+        parent, name = path.rsplit("/", 1)
+        temp = f"{parent}/.tmp-{uuid.uuid4().hex}-{name}"
         if not self._local:
-            with self._fs.open_output_stream(path) as stream:
-                stream.write(data)
+            # Closing an object-store stream commits it even after an error, so the data goes
+            # to a temporary key first and is moved (a server-side copy) only on success.
+            try:
+                with self._fs.open_output_stream(temp) as stream:
+                    yield stream
+                self._fs.move(temp, path)
+            finally:
+                if self._fs.get_file_info(temp).type == pafs.FileType.File:
+                    self._fs.delete_file(temp)
             return
         self._fs.create_dir(parent, recursive=True)
-        temp = f"{parent}/.tmp-{uuid.uuid4().hex}-{path.rsplit('/', 1)[1]}"
         try:
             with open(temp, "wb") as handle:
-                handle.write(data)
+                yield handle
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temp, path)

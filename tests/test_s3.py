@@ -110,3 +110,16 @@ def test_labelling_from_and_to_s3(s3_env, tmp_path):
     segmenter = BrightnessSegmenter()
     run_labelling(config, lambda c, s: InProcessExecutor(segmenter, s, c.output))
     assert segmenter.calls == 0 and storage.read("annotations.json") == before
+
+
+def test_s3_writes_are_atomic(s3_env):
+    from test_storage import check_atomic
+
+    storage = Storage("s3://labels/atomic")
+    check_atomic(storage)
+    leftovers = [
+        i.path
+        for i in s3_env.get_file_info(pafs.FileSelector("labels/atomic", recursive=True))
+        if ".tmp-" in i.path
+    ]
+    assert leftovers == []
