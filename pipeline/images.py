@@ -7,6 +7,7 @@ are refused.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import warnings
 from dataclasses import dataclass
@@ -77,9 +78,18 @@ def to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
+class ChecksumError(ValueError):
+    """The file's sha256 differs from the manifest's: it changed since the manifest was made."""
+
+
 def load(record: ImageRecord) -> np.ndarray | ImageFailure:
     """Read and decode one manifest image; any problem becomes an :class:`ImageFailure`."""
     try:
-        return decode(read_bytes(record.uri))
+        data = read_bytes(record.uri)
+        if record.sha256 and hashlib.sha256(data).hexdigest() != record.sha256.lower():
+            raise ChecksumError(
+                f"sha256 of {record.uri} does not match the manifest's {record.sha256}"
+            )
+        return decode(data)
     except Exception as err:  # per-image boundary: a bad image never kills a shard
         return ImageFailure(record.image_id, record.uri, type(err).__name__, str(err) or repr(err))

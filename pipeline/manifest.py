@@ -39,6 +39,7 @@ class ImageRecord:
     uri: str
     width: int | None = None
     height: int | None = None
+    sha256: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,9 +116,12 @@ def plan_shards(table: pa.Table, shard_size: int) -> list[Shard]:
     uris = table["uri"].to_pylist()
     widths = table["width"].to_pylist() if "width" in table.column_names else [None] * len(ids)
     heights = table["height"].to_pylist() if "height" in table.column_names else [None] * len(ids)
+    digests = table["sha256"].to_pylist() if "sha256" in table.column_names else [None] * len(ids)
     records = [
-        ImageRecord(i, image_id, uri, w, h)
-        for i, (image_id, uri, w, h) in enumerate(zip(ids, uris, widths, heights, strict=True))
+        ImageRecord(i, image_id, uri, w, h, d)
+        for i, (image_id, uri, w, h, d) in enumerate(
+            zip(ids, uris, widths, heights, digests, strict=True)
+        )
     ]
     return [
         Shard(index=n, records=tuple(records[start : start + shard_size]))

@@ -89,13 +89,14 @@ def process_shard(
     summary: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
     segmented = 0
+    model_errors: list[Exception] = []
     for chunk in _chunks(
         _decoded(shard.records, settings.decode_threads), settings.images_per_call
     ):
         good = [(rec, img) for rec, img in chunk if isinstance(img, np.ndarray)]
         segmented += len(good)
         failures += [img.to_json() for _, img in chunk if isinstance(img, image_io.ImageFailure)]
-        for rec, img, seg in _segment(segmenter, good, settings, failures):
+        for rec, img, seg in _segment(segmenter, good, settings, failures, model_errors):
             image_record = {
                 "id": rec.index,
                 "image_id": rec.image_id,
@@ -115,10 +116,9 @@ def process_shard(
     if segmented and not images_out:
         # Every decodable image failed inside the model: that is a bug or a broken model, not
         # bad input, so the shard fails (with a traceback) instead of recording N failures.
-        last = failures[-1]
-        raise RuntimeError(
-            f"every image of {shard.name} failed in segmentation; last: {last['error']}: {last['message']}"
-        )
+        raise RuntimeError(f"every image of {shard.name} failed in segmentation") from model_errors[
+            -1
+        ]
     payload = {
         "shard": shard.index,
         "fingerprint": settings.fingerprint,
@@ -138,6 +138,7 @@ def _segment(
     good: list[tuple[ImageRecord, np.ndarray]],
     settings: ShardSettings,
     failures: list[dict[str, Any]],
+    errors: list[Exception],
 ) -> Iterator[tuple[ImageRecord, np.ndarray, Segmentation]]:
     """Segment a chunk together; if that fails, image by image so one bad image is isolated."""
     if not good:
@@ -156,6 +157,7 @@ def _segment(
         try:
             [seg] = segmenter.segment([img], settings.vocabulary, settings.inference)
         except Exception as err:  # per-image boundary
+            errors.append(err)
             failures.append(
                 image_io.ImageFailure(rec.image_id, rec.uri, type(err).__name__, str(err)).to_json()
             )

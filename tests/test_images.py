@@ -93,3 +93,15 @@ def test_load_turns_errors_into_records(tmp_path):
     assert failure.image_id == "b" and failure.error == "FileNotFoundError"
     failure = images.load(ImageRecord(2, "c", "nosuchscheme://bucket/x.png"))
     assert isinstance(failure, images.ImageFailure)
+
+
+def test_sha256_is_checked_when_the_manifest_has_one(tmp_path):
+    import hashlib
+
+    data = encode(Image.new("RGB", (3, 2)))
+    (tmp_path / "a.png").write_bytes(data)
+    good = ImageRecord(0, "a", str(tmp_path / "a.png"), sha256=hashlib.sha256(data).hexdigest())
+    assert images.load(good).shape == (2, 3, 3)
+    bad = ImageRecord(0, "a", str(tmp_path / "a.png"), sha256="0" * 64)
+    failure = images.load(bad)
+    assert isinstance(failure, images.ImageFailure) and failure.error == "ChecksumError"
