@@ -66,6 +66,14 @@ def read_manifest(location: str) -> pa.Table:
     return table
 
 
+def first_uris(location: str, count: int) -> list[str]:
+    """The ``uri`` of the manifest's first ``count`` rows (in plan order), reading only those."""
+    fs, path = resolve(location)
+    dataset = ds.dataset(_parquet_files(fs, path, location), filesystem=fs, format="parquet")
+    uris: list[str] = dataset.head(count, columns=["uri"])["uri"].to_pylist()
+    return uris
+
+
 def validate(table: pa.Table, location: str = "manifest") -> None:
     """Raise :class:`ManifestError` for missing columns, wrong types, null or duplicate ids."""
     missing = [c for c in REQUIRED if c not in table.column_names]

@@ -11,6 +11,7 @@ import os
 
 from pipeline.config import RunConfig
 from pipeline.executors import Executor, RayExecutor
+from pipeline.manifest import first_uris
 from pipeline.model import SegmenterSpec
 from pipeline.worker import ShardSettings
 
@@ -39,7 +40,22 @@ def connect(address: str | None) -> bool:
 def ray_executor_factory(config: RunConfig, settings: ShardSettings) -> Executor:
     """One Ray actor per worker, each building the configured segmenter once."""
     owns_ray = connect(config.address)
-    spec = SegmenterSpec(
-        config.model, config.pretrained, config.method, config.method_options, config.device
+    return RayExecutor(
+        segmenter_spec(config), settings, config.output, config.num_workers, owns_ray=owns_ray
     )
-    return RayExecutor(spec, settings, config.output, config.num_workers, owns_ray=owns_ray)
+
+
+def segmenter_spec(config: RunConfig, calibration_images: int = 8) -> SegmenterSpec:
+    """The workers' segmenter; ``global_blocks="auto"`` calibrates on the manifest's first images."""
+    uris: tuple[str, ...] = ()
+    if config.method == "gclip" and config.method_options.get("global_blocks") in (None, "auto"):
+        uris = tuple(first_uris(config.manifest, calibration_images))
+    return SegmenterSpec(
+        config.model,
+        config.pretrained,
+        config.method,
+        config.method_options,
+        config.device,
+        calibration_uris=uris,
+        calibration_crop=config.inference_config().crop,
+    )

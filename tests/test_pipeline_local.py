@@ -173,3 +173,22 @@ def test_atomic_writes_leave_no_temporaries(tmp_path):
     leftovers = [p for p in (root / "out").rglob("*") if p.name.startswith(".tmp-")]
     assert leftovers == []
     assert sorted(os.listdir(root / "out" / "shards")) == [f"shard-{i:06d}.json" for i in range(3)]
+
+
+def test_auto_global_blocks_calibrate_on_the_manifests_first_images(tmp_path):
+    """Workers agree on the fused blocks: all calibrate on the same manifest images."""
+    from pipeline.manifest import first_uris
+    from pipeline.ray_session import segmenter_spec
+
+    root = make_dataset(tmp_path, count=5)
+    config = config_for(root, model="demo", method_options={"global_blocks": "auto"})
+    spec = segmenter_spec(config, calibration_images=3)
+    assert spec.calibration_uris == tuple(first_uris(config.manifest, 3))
+    assert spec.calibration_uris == tuple(str(root / "img" / f"{i}.png") for i in range(3))
+    a, b = spec(), spec()
+    assert (
+        isinstance(a.method.global_blocks, tuple)
+        and a.method.global_blocks == b.method.global_blocks
+    )
+    fixed = config_for(root, model="demo", method_options={"global_blocks": [1, 2]})
+    assert segmenter_spec(fixed).calibration_uris == ()
