@@ -48,44 +48,9 @@ class Executor(Protocol):
     def shutdown(self) -> None: ...
 
 
-class InProcessExecutor:
-    """Runs each shard synchronously in this process (tests; debugging with pdb)."""
-
-    capacity = 1
-
-    def __init__(self, factory: SegmenterFactory, settings: ShardSettings, output: str) -> None:
-        self._segmenter = factory()
-        self._settings = settings
-        self._storage = Storage(output)
-        self._queue: list[Shard] = []
-
-    def submit(self, shard: Shard) -> None:
-        self._queue.append(shard)
-
-    def wait(self) -> list[Outcome]:
-        shard = self._queue.pop(0)
-        try:
-            return [
-                Outcome(
-                    shard.index,
-                    result=process_shard(self._segmenter, shard, self._settings, self._storage),
-                )
-            ]
-        except Exception as err:
-            return [
-                Outcome(
-                    shard.index,
-                    error=f"{type(err).__name__}: {err}",
-                    traceback=traceback.format_exc(),
-                )
-            ]
-
-    def shutdown(self) -> None:
-        self._queue.clear()
-
-
 class LabelWorker:
-    """The Ray actor body: builds the segmenter once, then labels shards."""
+    """The worker body (a Ray actor in :class:`RayExecutor`): builds the segmenter once, then
+    labels shards with :func:`process_shard`."""
 
     def __init__(self, factory: SegmenterFactory, settings: ShardSettings, output: str) -> None:
         self._segmenter = factory()
@@ -98,6 +63,35 @@ class LabelWorker:
     def pid(self) -> int:
         """The worker's process id: answers once the actor is (re)built; tests kill it."""
         return os.getpid()
+
+
+class InProcessExecutor:
+    """Runs each shard synchronously in this process (tests; debugging with pdb)."""
+
+    capacity = 1
+
+    def __init__(self, factory: SegmenterFactory, settings: ShardSettings, output: str) -> None:
+        self._worker = LabelWorker(factory, settings, output)
+        self._queue: list[Shard] = []
+
+    def submit(self, shard: Shard) -> None:
+        self._queue.append(shard)
+
+    def wait(self) -> list[Outcome]:
+        shard = self._queue.pop(0)
+        try:
+            return [Outcome(shard.index, result=self._worker.process(shard))]
+        except Exception as err:
+            return [
+                Outcome(
+                    shard.index,
+                    error=f"{type(err).__name__}: {err}",
+                    traceback=traceback.format_exc(),
+                )
+            ]
+
+    def shutdown(self) -> None:
+        self._queue.clear()
 
 
 class RayExecutor:

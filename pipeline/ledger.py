@@ -54,6 +54,3 @@ class Ledger:
             self.path(entry.shard), json.dumps(asdict(entry), indent=1).encode()
         )
         return entry
-
-    def reset(self, shard: int) -> None:
-        self._storage.delete(self.path(shard))
