@@ -31,18 +31,19 @@ from gclip.backbone import VisionBackbone
 from gclip.demo_world import CLASS_NAMES, generate_scene
 from gclip.methods import MethodConfig, channel_suppression, dense_features
 
-IMAGE_SIZE = 64
 TEMPLATES = ("a photo of a {}.", "a {}.")
 LOGIT_SCALE = 40.0
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
-def model_config(layers: int = 4, width: int = 128, patch_size: int = 8) -> dict:
+def model_config(
+    layers: int = 4, width: int = 128, patch_size: int = 8, image_size: int = 64
+) -> dict:
     """An ordinary open_clip CLIP config; the text tower is narrow to keep the file small."""
     return {
         "embed_dim": 64,
         "vision_cfg": {
-            "image_size": IMAGE_SIZE,
+            "image_size": image_size,
             "layers": layers,
             "width": width,
             "head_width": 32,
@@ -66,9 +67,9 @@ def method_options(layers: int) -> dict:
     return {"global_blocks": blocks, "cs_start_block": blocks[-1]}
 
 
-def batch(rng: np.random.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def batch(rng: np.random.Generator, size: int, side: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``B x 3 x S x S`` normalised images and ``B x S x S`` int64 labels."""
-    scenes = [generate_scene(rng, (IMAGE_SIZE, IMAGE_SIZE)) for _ in range(size)]
+    scenes = [generate_scene(rng, (side, side)) for _ in range(size)]
     images = torch.from_numpy(np.stack([s.image_hwc_uint8 for s in scenes])).permute(0, 3, 1, 2)
     images = (images.float() / 255 - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[
         :, None, None
@@ -115,7 +116,7 @@ def train(
     class_weights = torch.tensor([1.0] + [object_weight] * (len(CLASS_NAMES) - 1))
     start = time.time()
     for step in range(1, steps + 1):
-        images, labels = batch(rng, batch_size)
+        images, labels = batch(rng, batch_size, cfg["vision_cfg"]["image_size"])
         feats = dense_features(
             backbone, config, images, channel_suppression(backbone, config)
         )  # B x g x g x E
@@ -142,7 +143,11 @@ def save(model: open_clip.CLIP, cfg: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     config = {
         "model_cfg": cfg,
-        "preprocess_cfg": {"mean": list(MEAN), "std": list(STD), "size": IMAGE_SIZE},
+        "preprocess_cfg": {
+            "mean": list(MEAN),
+            "std": list(STD),
+            "size": cfg["vision_cfg"]["image_size"],
+        },
     }
     (out / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
     state = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
@@ -169,10 +174,11 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--patch-size", type=int, default=8)
+    parser.add_argument("--image-size", type=int, default=64, help="training crop side, in pixels")
     parser.add_argument("--out", type=Path, default=Path("gclip/assets/demo"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = model_config(args.layers, args.width, args.patch_size)
+    cfg = model_config(args.layers, args.width, args.patch_size, args.image_size)
     model = train(
         cfg, args.steps, args.batch_size, args.seed, args.log_every, args.object_weight, args.lr
     )
