@@ -15,7 +15,7 @@ from pipeline.images import decode
 from pipeline.storage import Storage, read_bytes
 from pipeline.worker import label_file_name
 
-_ALPHA = 0.55
+_ALPHA = 0.6
 _MAX_SIDE = 640  # previews are for eyes: the [image | overlay] pair is scaled to about this width
 
 
@@ -31,6 +31,7 @@ def render(
     painted = (labels_hw != 255) & ~np.isin(labels_hw, background)
     overlay = image_hwc.astype(np.float32)
     overlay[painted] = (1 - _ALPHA) * overlay[painted] + _ALPHA * palette[labels_hw[painted]]
+    overlay[_edges(labels_hw)] = 255  # white outlines keep masks readable over any colour
     pair = np.concatenate([image_hwc, overlay.astype(np.uint8)], axis=1)
     picture = Image.fromarray(pair)
     # Shrink large images, enlarge tiny ones (nearest, so label edges stay crisp).
@@ -45,6 +46,14 @@ def render(
     return _with_legend(
         picture, [(categories[i]["name"], tuple(int(v) for v in palette[i])) for i in present]
     )
+
+
+def _edges(labels_hw: np.ndarray) -> np.ndarray:
+    """``H x W`` bool: pixels whose right or lower neighbour has another label."""
+    edges = np.zeros(labels_hw.shape, bool)
+    edges[:, :-1] |= labels_hw[:, :-1] != labels_hw[:, 1:]
+    edges[:-1, :] |= labels_hw[:-1, :] != labels_hw[1:, :]
+    return edges
 
 
 def _with_legend(picture: Image.Image, entries: list[tuple[str, tuple[int, ...]]]) -> Image.Image:

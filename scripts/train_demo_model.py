@@ -1,13 +1,15 @@
 """Train the small demo CLIP on the demo world, deterministically, on a CPU.
 
-Recipe: an ordinary open_clip ``CLIP`` (4-block ViT, width 128, patch 8, 64 px) trained from
-scratch with one dense term: the GCLIP dense features (``gclip.methods.dense_features`` with the
-global blocks chosen for this depth, Channel Suppression recomputed from the live weights each
-step) against the text embeddings of the 13 class prompts, as a per-pixel cross-entropy on the
-bilinearly upsampled logits, which is exactly how inference reads them. Image-level captions
-alone do not localise at this size (``shared/docs/demo-model.md``).
+Recipe: an ordinary open_clip ``CLIP`` (6-block ViT, width 128, patch 8, 64 px crops; text
+tower width 64) trained from scratch with one dense term: the GCLIP dense features
+(``gclip.methods.dense_features`` with global blocks (2, 3) chosen for this depth, Channel
+Suppression recomputed from the live weights each step) against the text embeddings of the 13
+class prompts, as a per-pixel cross-entropy (object classes weighted 2x) on the bilinearly
+upsampled logits, which is exactly how inference reads them. Image-level captions alone do not
+localise at this size (``shared/docs/demo-model.md``). Shapes are learnt late: the loss drops
+sharply after about 3,000 steps; 6,000 steps take about 25 minutes on 2 cores.
 
-    python scripts/train_demo_model.py --steps 1500 --out gclip/assets/demo
+    python scripts/train_demo_model.py                             # the shipped model
     python scripts/train_demo_model.py --steps 3 --out /tmp/demo   # smoke test
 
 Writes open_clip's local-dir layout (``open_clip_config.json`` + fp16
@@ -91,7 +93,7 @@ def train(
     batch_size: int,
     seed: int,
     log_every: int,
-    object_weight: float = 3.0,
+    object_weight: float = 2.0,
     lr: float = 1e-3,
 ) -> open_clip.CLIP:
     torch.manual_seed(seed)
@@ -162,16 +164,16 @@ def save(model: open_clip.CLIP, cfg: dict, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Train the demo CLIP on the demo world.")
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="fixed for bit-reproducible runs")
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument(
-        "--object-weight", type=float, default=3.0, help="loss weight of object classes"
+        "--object-weight", type=float, default=2.0, help="loss weight of object classes"
     )
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--patch-size", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=64, help="training crop side, in pixels")
