@@ -25,8 +25,9 @@ class RunConfig:
         manifest: Parquet file, folder or glob (local path, ``file://`` or ``s3://``).
         vocabulary: vocabulary file (``.txt`` or ``.json``).
         output: output folder (local path or ``s3://``).
-        model: open_clip model name, ``demo``, ``local-dir:...`` or ``hf-hub:...``.
-        pretrained: open_clip tag, checkpoint path, or ``none``.
+        model: open_clip model name, ``demo``, ``local-dir:...`` or ``hf-hub:...``; default
+            the reference backbone of the method, ViT-B/16 with OpenAI weights.
+        pretrained: open_clip tag, checkpoint path, or ``none`` (random weights).
         method: dense-feature method (``gclip`` ...).
         method_options: :class:`gclip.MethodConfig` fields other than ``name``.
         inference: :class:`gclip.InferenceConfig` fields.
@@ -45,8 +46,8 @@ class RunConfig:
     manifest: str
     vocabulary: str
     output: str
-    model: str = "demo"
-    pretrained: str | None = None
+    model: str = "ViT-B-16-quickgelu"
+    pretrained: str | None = "openai"
     method: str = "gclip"
     method_options: dict[str, Any] = field(default_factory=dict)
     inference: dict[str, Any] = field(default_factory=dict)

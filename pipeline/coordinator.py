@@ -135,10 +135,11 @@ def _reconcile(storage: Storage, ledger: Ledger, shards: list[Shard]) -> dict[in
     """Ledger entries per shard; a shard file without a ``done`` entry (a crash between the two
     writes) is adopted, and a ``done`` entry without its file is reset."""
     known = ledger.read_all()
+    finished = set(storage.list("shards"))  # one listing, not a request per shard
     entries: dict[int, ShardEntry] = {}
     for shard in shards:
         entry = known.get(shard.index, ShardEntry(shard.index))
-        has_file = storage.exists(shard_path(shard.index))
+        has_file = shard_path(shard.index) in finished
         if has_file and entry.state != DONE:
             data = read_shard(storage, shard.index)
             entry = ledger.write(
@@ -151,10 +152,8 @@ def _reconcile(storage: Storage, ledger: Ledger, shards: list[Shard]) -> dict[in
             )
         elif not has_file and entry.state == DONE:
             entry = ledger.write(replace(entry, state="pending"))
-        elif entry.state == FAILED:
-            entry = replace(
-                entry, state="pending", attempts=0
-            )  # a new run gives failed shards a new chance
+        elif entry.state == FAILED:  # a new run gives failed shards a new chance
+            entry = replace(entry, state="pending", attempts=0)
         entries[shard.index] = entry
     return entries
 
