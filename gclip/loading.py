@@ -85,9 +85,21 @@ def load_model(
     if name.startswith("local-dir:"):
         return _load_local_dir(Path(name.removeprefix("local-dir:")), name, device)
     if name.startswith("hf-hub:"):
-        _require_reachable("https://huggingface.co", connect_timeout, f"model {name}")
-        model = open_clip.create_model(name, device=device, cache_dir=cache_dir)
-        return LoadedModel(model.eval(), open_clip.get_tokenizer(name), name, name)
+        # Offline (HF_HUB_OFFLINE=1) the hub client reads its cache and fails at once if the
+        # model is not there; online, an unreachable hub is detected before its retries.
+        if not hub_offline():
+            _require_reachable(
+                os.environ.get("HF_ENDPOINT", "https://huggingface.co"), connect_timeout, name
+            )
+        try:
+            model = open_clip.create_model(name, device=device, cache_dir=cache_dir)
+        except Exception as err:
+            raise WeightsUnavailableError(
+                _offline_message(name, None, f"loading failed ({err})")
+            ) from err
+        return LoadedModel(
+            model.eval(), open_clip.get_tokenizer(name, cache_dir=cache_dir), name, name
+        )
 
     if name not in open_clip.list_models():
         raise ValueError(
@@ -205,7 +217,8 @@ def _offline_message(name: str, tag: str | None, why: str) -> str:
         "on a machine with network access (open_clip caches it under ~/.cache/huggingface), copy "
         "it here and pass its path: --pretrained /path/to/open_clip_pytorch_model.bin "
         "(load_model(name, pretrained='/path/...')). For OpenAI weights use a '-quickgelu' "
-        "model name with a local file. To try the tool without weights use --model demo."
+        "model name with a local file. If the weights are in the Hugging Face cache, set "
+        "HF_HUB_OFFLINE=1 to use it. To try the tool without weights use --model demo."
     )
 
 

@@ -87,3 +87,29 @@ def test_local_checkpoint_loads_with_weights_only(tmp_path):
 
 class _Payload:
     """An arbitrary pickled class: torch.load(weights_only=True) must refuse it."""
+
+
+def test_hf_hub_model_fails_fast_offline(tmp_path):
+    """HF_HUB_OFFLINE is read when the hub client is imported: test it as users set it, in a
+    fresh process's environment."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
+    code = "import gclip; gclip.load_model('hf-hub:timm/ViT-B-16-SigLIP')"
+    start = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0
+    assert "WeightsUnavailableError" in result.stderr and "--pretrained" in result.stderr
+    assert time.monotonic() - start < 30  # interpreter and torch start-up included
+
+
+def test_hf_hub_model_fails_fast_when_unreachable(monkeypatch, tmp_path):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    start = time.monotonic()
+    with pytest.raises(WeightsUnavailableError, match="unreachable"):
+        load_model("hf-hub:timm/ViT-B-16-SigLIP", cache_dir=str(tmp_path), connect_timeout=2)
+    assert time.monotonic() - start < 10
