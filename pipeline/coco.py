@@ -70,6 +70,34 @@ def decode_label_map(
     return labels
 
 
+class CocoLabelMaps:
+    """Label maps decoded from a COCO file's annotations, image by image.
+
+    Args:
+        coco: a COCO dict (``images``, ``annotations``, ``categories``).
+        category_to_index: category id -> label value; default the position of each category
+            in ``coco["categories"]``. Annotations of other categories are skipped.
+    """
+
+    def __init__(
+        self, coco: dict[str, Any], category_to_index: dict[int, int] | None = None
+    ) -> None:
+        self.category_to_index = category_to_index or {
+            c["id"]: i for i, c in enumerate(coco["categories"])
+        }
+        self._by_image: dict[Any, list[dict[str, Any]]] = {}
+        for ann in coco["annotations"]:
+            if ann["category_id"] in self.category_to_index:
+                self._by_image.setdefault(ann["image_id"], []).append(ann)
+
+    def label_map(self, image: dict[str, Any]) -> np.ndarray:
+        """``H x W`` uint8 labels of a COCO image record (255 where nothing is annotated)."""
+        annotations = self._by_image.get(image["id"], [])
+        return decode_label_map(
+            annotations, (image["height"], image["width"]), self.category_to_index
+        )
+
+
 def annotation_mask(annotation: dict[str, Any], size_hw: tuple[int, int]) -> np.ndarray:
     """``H x W`` bool mask of an annotation: polygons, uncompressed or compressed RLE."""
     h, w = size_hw

@@ -22,7 +22,7 @@ from PIL import Image
 
 import schemas
 from gclip.metrics import SegmentationScores, confusion_matrix, scores
-from pipeline.coco import decode_label_map
+from pipeline.coco import CocoLabelMaps
 from pipeline.storage import Storage, read_bytes
 from pipeline.worker import label_file_name
 
@@ -70,12 +70,9 @@ def evaluate(predictions: str, ground_truth: str, values: str = "indices") -> Ev
     coco = json.loads(Storage(predictions).read("annotations.json"))
     schemas.validate(coco, "annotations")
     categories = coco["categories"]
-    index_of = {c["id"]: i for i, c in enumerate(categories)}
+    predicted_maps = CocoLabelMaps(coco)
     k = len(categories)
-    truth_for = _ground_truth_reader(ground_truth, index_of, values)
-    by_image: dict[int, list[dict[str, Any]]] = {}
-    for ann in coco["annotations"]:
-        by_image.setdefault(ann["image_id"], []).append(ann)
+    truth_for = _ground_truth_reader(ground_truth, predicted_maps.category_to_index, values)
     confusion = np.zeros((k, k + 1), np.int64)
     missing, count = [], 0
     for image in coco["images"]:
@@ -83,10 +80,7 @@ def evaluate(predictions: str, ground_truth: str, values: str = "indices") -> Ev
         if truth is None:
             missing.append(str(image["image_id"]))
             continue
-        predicted = decode_label_map(
-            by_image.get(image["id"], []), (image["height"], image["width"]), index_of
-        )
-        confusion += confusion_matrix(truth, predicted, k, IGNORE)
+        confusion += confusion_matrix(truth, predicted_maps.label_map(image), k, IGNORE)
         count += 1
     if count == 0:
         raise ValueError(
@@ -134,17 +128,10 @@ def _coco_reader(gt: dict[str, Any], index_of: dict[int, int]) -> GroundTruth:
         name = PurePosixPath(image.get("file_name", ""))
         by_key.setdefault(str(name.with_suffix("")), image)  # "train/img_7.jpg" -> "train/img_7"
         by_key.setdefault(name.stem, image)  # -> "img_7"
-    anns: dict[Any, list[dict[str, Any]]] = {}
-    for ann in gt["annotations"]:
-        if ann["category_id"] in index_of:
-            anns.setdefault(ann["image_id"], []).append(ann)
+    truth_maps = CocoLabelMaps(gt, index_of)
 
     def read(image: dict[str, Any]) -> np.ndarray | None:
         gt_image = by_key.get(str(image["image_id"]))
-        if gt_image is None:
-            return None
-        return decode_label_map(
-            anns.get(gt_image["id"], []), (gt_image["height"], gt_image["width"]), index_of
-        )
+        return None if gt_image is None else truth_maps.label_map(gt_image)
 
     return read

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.coco import decode_label_map
+from pipeline.coco import CocoLabelMaps
 from pipeline.images import decode
 from pipeline.storage import Storage, read_bytes
 from pipeline.worker import label_file_name
@@ -83,18 +83,12 @@ def write_previews(
     sample = sorted(
         random.Random(seed).sample(images, min(count, len(images))), key=lambda im: im["id"]
     )
-    by_image: dict[int, list[dict[str, Any]]] = {}
-    for ann in coco["annotations"]:
-        by_image.setdefault(ann["image_id"], []).append(ann)
-    index_of = {c["id"]: i for i, c in enumerate(coco["categories"])}
+    label_maps = CocoLabelMaps(coco)
     written = []
     for image in sample:
         pixels = decode(read_bytes(image["file_name"]))
-        labels = decode_label_map(
-            by_image.get(image["id"], []), (image["height"], image["width"]), index_of
-        )
         buffer = io.BytesIO()
-        render(pixels, labels, coco["categories"]).save(buffer, format="PNG")
+        render(pixels, label_maps.label_map(image), coco["categories"]).save(buffer, format="PNG")
         relative = f"{folder}/{label_file_name(image['image_id'])}"
         storage.write_atomic(relative, buffer.getvalue())
         written.append(storage.uri(relative))

@@ -109,16 +109,18 @@ def process_shard(
                 storage.write_atomic(label_file, _png(seg.labels_hw, settings.vocabulary))
                 image_record["label_file"] = label_file
             images_out.append(image_record)
-            annotations += encode_annotations(
+            image_annotations = encode_annotations(
                 seg.labels_hw, seg.confidence_hw, settings.vocabulary, rec.index
             )
-            summary += _summary_rows(rec, seg, settings.vocabulary)
+            annotations += image_annotations
+            summary += _summary_rows(
+                rec, image_annotations, seg.labels_hw.size, settings.vocabulary
+            )
     if segmented and not images_out:
         # Every decodable image failed inside the model: that is a bug or a broken model, not
         # bad input, so the shard fails (with a traceback) instead of recording N failures.
-        raise RuntimeError(f"every image of {shard.name} failed in segmentation") from model_errors[
-            -1
-        ]
+        error = RuntimeError(f"every image of {shard.name} failed in segmentation")
+        raise error from model_errors[-1]
     payload = {
         "shard": shard.index,
         "fingerprint": settings.fingerprint,
@@ -196,25 +198,24 @@ def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
 
 
 def _summary_rows(
-    rec: ImageRecord, seg: Segmentation, vocabulary: Vocabulary
+    rec: ImageRecord, annotations: list[dict[str, Any]], pixels: int, vocabulary: Vocabulary
 ) -> list[dict[str, Any]]:
-    """Per image and predicted class: pixel fraction and mean confidence (for curation)."""
-    total = seg.labels_hw.size
-    rows = []
-    values, counts = np.unique(seg.labels_hw, return_counts=True)
-    for value, count in zip(values, counts, strict=True):
-        if value == 255:
-            continue
-        rows.append(
-            {
-                "image_id": str(rec.image_id),
-                "category_id": vocabulary.classes[int(value)].id,
-                "category": vocabulary.classes[int(value)].name,
-                "pixel_fraction": float(count / total),
-                "mean_confidence": float(seg.confidence_hw[seg.labels_hw == value].mean()),
-            }
-        )
-    return rows
+    """Per image and predicted class: pixel fraction and mean confidence (for curation).
+
+    Read off the image's annotations: ``area`` is the class's pixel count and ``score`` its mean
+    confidence, so the label map is not scanned again.
+    """
+    names = {c.id: c.name for c in vocabulary.classes}
+    return [
+        {
+            "image_id": str(rec.image_id),
+            "category_id": ann["category_id"],
+            "category": names[ann["category_id"]],
+            "pixel_fraction": ann["area"] / pixels,
+            "mean_confidence": ann["score"],
+        }
+        for ann in annotations
+    ]
 
 
 def _png(labels_hw: np.ndarray, vocabulary: Vocabulary) -> bytes:
