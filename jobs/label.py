@@ -39,10 +39,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(
-        f"{summary.images_labelled} images labelled, {summary.images_failed} failed "
-        f"(see {config.output}/failures.jsonl), {summary.shards_failed} of {summary.shards} shards failed, "
-        f"{summary.seconds:.1f} s. Masks: {config.output}/annotations.json"
+        f"{summary.images_labelled} images labelled, {summary.images_failed} failed, "
+        f"{summary.shards_failed} of {summary.shards} shards failed, {summary.seconds:.1f} s. "
+        f"Masks: {config.output}/annotations.json"
     )
+    if summary.failures_by_error:
+        kinds = ", ".join(f"{n} {error}" for error, n in summary.failures_by_error.items())
+        print(f"failed images by cause: {kinds}; each listed in {config.output}/failures.jsonl")
+    if not summary.ok:
+        print(
+            f"failed shards and their tracebacks: python -m jobs.status {config.output} --tracebacks"
+        )
     return 0 if summary.ok else 1
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,6 +47,7 @@ class RunSummary:
     images_labelled: int
     images_failed: int
     seconds: float
+    failures_by_error: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -114,7 +115,12 @@ def run_labelling(
     run_record["timings"]["seconds"] = round(seconds, 3)
     write_run(storage, run_record)
     return RunSummary(
-        len(shards), failed, counts["images_labelled"], counts["images_failed"], seconds
+        len(shards),
+        failed,
+        counts["images_labelled"],
+        counts["images_failed"],
+        seconds,
+        counts["failures_by_error"],
     )
 
 

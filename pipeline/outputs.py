@@ -8,6 +8,7 @@ run produces the same bytes as an uninterrupted one.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -44,17 +45,18 @@ def read_shard(storage: Storage, shard: int) -> dict[str, Any]:
 
 def assemble(
     storage: Storage, shards: Iterable[int], vocabulary: Vocabulary, info: dict[str, Any]
-) -> dict[str, int]:
+) -> dict[str, Any]:
     """Write annotations.json, failures.jsonl and summary.parquet from the given shard files.
 
     Streams shard by shard (each shard file is read twice: images first, then annotations), so
     memory holds one shard at a time whatever the size of the run.
 
     Returns:
-        counts: images labelled, images failed, annotations.
+        counts: images labelled, images failed, annotations, failures by error class.
     """
     order = sorted(shards)
-    counts = {"images_labelled": 0, "images_failed": 0, "annotations": 0}
+    counts: dict[str, Any] = {"images_labelled": 0, "images_failed": 0, "annotations": 0}
+    by_error: Counter[str] = Counter()
     cats = categories(vocabulary)
     schemas.validate(
         {"info": info, "categories": cats, "images": [], "annotations": []}, "annotations"
@@ -71,6 +73,7 @@ def assemble(
             _write_items(coco, data["images"], first=counts["images_labelled"] == 0)
             counts["images_labelled"] += len(data["images"])
             counts["images_failed"] += len(data["failures"])
+            by_error.update(f["error"] for f in data["failures"])
             failures.write(b"".join(_json(f) + b"\n" for f in data["failures"]))
             summary.write_table(pa.Table.from_pylist(data["summary"], schema=_SUMMARY_SCHEMA))
         coco.write(b'],"annotations":[')
@@ -82,6 +85,7 @@ def assemble(
                 annotation["id"] = counts["annotations"]
             _write_items(coco, annotations, first=first)
         coco.write(b"]}")
+    counts["failures_by_error"] = dict(by_error.most_common())
     return counts
 
 

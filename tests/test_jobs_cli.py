@@ -130,3 +130,26 @@ def test_status_reads_the_ledger(tmp_path, capsys):
     assert status_job.main([str(root / "out")]) == 0
     assert "3 done, 0 failed" in capsys.readouterr().out
     assert status_job.main([str(tmp_path / "nothing")]) == 2
+
+
+def test_label_job_summarises_failed_images(tmp_path, capsys, monkeypatch):
+    root = make_dataset(tmp_path, broken=(1, 2, 5))  # 1, 5: empty files; 2: garbage bytes
+    monkeypatch.setattr(
+        label_job,
+        "ray_executor_factory",
+        lambda c, s: InProcessExecutor(BrightnessSegmenter(), s, c.output),
+    )
+    code = label_job.main(
+        [
+            "--manifest",
+            str(root / "m.parquet"),
+            "--vocabulary",
+            str(root / "vocab.txt"),
+            "--output",
+            str(root / "out"),
+        ]
+    )
+    assert code == 0  # failed images do not fail the job
+    out = capsys.readouterr().out
+    assert "4 images labelled, 3 failed" in out
+    assert "failed images by cause: 2 ImageDecodeError, 1 UnidentifiedImageError;" in out
