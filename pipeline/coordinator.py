@@ -98,29 +98,40 @@ def run_labelling(
             executor.shutdown()
 
     # 4. Assemble outputs from every finished shard.
+    return _finish(storage, config, fingerprint, vocabulary, entries, started)
+
+
+def _finish(
+    storage: Storage,
+    config: RunConfig,
+    fingerprint: str,
+    vocabulary: gclip.Vocabulary,
+    entries: dict[int, ShardEntry],
+    started: float,
+) -> RunSummary:
+    """Write the run's outputs from the finished shards, then run.json; summarise."""
     done = [i for i, e in entries.items() if e.state == DONE]
-    info = _coco_info(config, fingerprint, vocabulary)
-    counts = assemble(storage, done, vocabulary, info)
+    counts = assemble(storage, done, vocabulary, _coco_info(config, fingerprint, vocabulary))
     failed = sum(1 for e in entries.values() if e.state == FAILED)
     seconds = time.time() - started
-    state = "finished" if failed == 0 else "failed"
-    run_record = _run_record(config, fingerprint, vocabulary, started, state=state)
+    run_record = _run_record(
+        config, fingerprint, vocabulary, started, "finished" if failed == 0 else "failed"
+    )
     run_record["counts"] = {
-        "shards": len(shards),
+        "shards": len(entries),
         "shards_done": len(done),
         "shards_failed": failed,
         **counts,
     }
-    run_record["timings"]["finished"] = _now()
-    run_record["timings"]["seconds"] = round(seconds, 3)
+    run_record["timings"].update(finished=_now(), seconds=round(seconds, 3))
     write_run(storage, run_record)
     return RunSummary(
-        len(shards),
-        failed,
-        counts["images_labelled"],
-        counts["images_failed"],
-        seconds,
-        counts["failures_by_error"],
+        shards=len(entries),
+        shards_failed=failed,
+        images_labelled=counts["images_labelled"],
+        images_failed=counts["images_failed"],
+        seconds=seconds,
+        failures_by_error=counts["failures_by_error"],
     )
 
 
