@@ -7,7 +7,7 @@ Suppression recomputed from the live weights each step) against the text embeddi
 class prompts, as a per-pixel cross-entropy (object classes weighted 2x) on the bilinearly
 upsampled logits, which is exactly how inference reads them. Image-level captions alone do not
 localise at this size (``shared/docs/demo-model.md``). Shapes are learnt late: the loss drops
-sharply after about 3,000 steps; 6,000 steps take about 25 minutes on 2 cores.
+sharply after about 3,000 steps; 9,000 steps take about 35 minutes on 2 cores.
 
     python scripts/train_demo_model.py                             # the shipped model
     python scripts/train_demo_model.py --steps 3 --out /tmp/demo   # smoke test
@@ -164,7 +164,7 @@ def save(model: open_clip.CLIP, cfg: dict, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Train the demo CLIP on the demo world.")
-    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--steps", type=int, default=9000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="fixed for bit-reproducible runs")

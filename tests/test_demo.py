@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import gclip
 from gclip.demo_world import CLASS_NAMES, generate_scene, vocabulary_text
@@ -43,6 +44,9 @@ def test_training_script_runs_a_few_steps(tmp_path):
     train = _script("train_demo_model")
     cfg = train.model_config(layers=3, width=64, patch_size=8)
     model = train.train(cfg, steps=3, batch_size=4, seed=0, log_every=1)
+    again = train.train(cfg, steps=3, batch_size=4, seed=0, log_every=1)
+    for key, value in model.state_dict().items():  # deterministic: the same seed, the same weights
+        assert torch.equal(value, again.state_dict()[key]), key
     train.save(model, cfg, tmp_path)
     loaded = gclip.load_model(f"local-dir:{tmp_path}")
     assert loaded.recommended == {"global_blocks": [0, 1], "cs_start_block": 1}
@@ -60,7 +64,7 @@ def demo_segmenter():
     )
 
 
-@pytest.mark.parametrize(("pamr", "floor"), [(False, 0.7), (True, 0.85)])
+@pytest.mark.parametrize(("pamr", "floor"), [(False, 0.75), (True, 0.85)])
 def test_demo_model_labels_land_on_the_objects(demo_segmenter, pamr, floor):
     """Held-out scenes (a seed training never draws): GCLIP's labels match the ground truth."""
     rng = np.random.default_rng(777)
