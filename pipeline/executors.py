@@ -139,7 +139,6 @@ class RayExecutor:
         ]
         self.capacity = per_worker * num_workers
         self._in_flight: dict[Any, tuple[int, Any]] = {}
-        self._next_actor = 0
         log.info("started %d Ray workers (%s)", num_workers, options)
 
     @property

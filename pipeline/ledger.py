@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 
+from pipeline.manifest import shard_name
 from pipeline.storage import Storage
 
 PENDING, DONE, FAILED = "pending", "done", "failed"
@@ -39,7 +40,7 @@ class Ledger:
 
     @staticmethod
     def path(shard: int) -> str:
-        return f"ledger/shard-{shard:06d}.json"
+        return f"ledger/{shard_name(shard)}.json"
 
     def read_all(self) -> dict[int, ShardEntry]:
         entries = {}

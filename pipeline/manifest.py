@@ -42,6 +42,11 @@ class ImageRecord:
     sha256: str | None = None
 
 
+def shard_name(index: int) -> str:
+    """The one name of shard ``index``, shared by its output file and its ledger entry."""
+    return f"shard-{index:06d}"
+
+
 @dataclass(frozen=True, slots=True)
 class Shard:
     """A unit of work: consecutive manifest rows, named by position."""
@@ -51,7 +56,7 @@ class Shard:
 
     @property
     def name(self) -> str:
-        return f"shard-{self.index:06d}"
+        return shard_name(self.index)
 
 
 def read_manifest(location: str) -> pa.Table:

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 
 import gclip
+from pipeline.images import decode
+from pipeline.storage import read_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +54,6 @@ class SegmenterSpec:
 
     def _calibration_batch(self, segmenter: gclip.Segmenter) -> torch.Tensor:
         """``B x 3 x c x c`` centre crops of the calibration images (c a patch multiple)."""
-        from pipeline.images import decode
-        from pipeline.storage import read_bytes
-
         patch = segmenter.patch_size
         side = max(patch, self.calibration_crop // patch * patch)
         crops = []

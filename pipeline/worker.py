@@ -25,7 +25,7 @@ from PIL import Image
 from gclip import InferenceConfig, Segmentation, Vocabulary
 from pipeline import images as image_io
 from pipeline.coco import encode_annotations
-from pipeline.manifest import ImageRecord, Shard
+from pipeline.manifest import ImageRecord, Shard, shard_name
 from pipeline.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -64,13 +64,13 @@ class ShardResult:
 
 
 def shard_path(shard_index: int) -> str:
-    return f"shards/shard-{shard_index:06d}.json"
+    return f"shards/{shard_name(shard_index)}.json"
 
 
 def label_file_name(image_id: str | int) -> str:
     """A file name for an image's PNG: the id itself when safe, else ``_`` + a hash of it."""
     text = str(image_id)
-    if _SAFE_NAME.match(text) and text not in (".", ".."):
+    if _SAFE_NAME.match(text):  # starts alphanumeric: never ".", ".." or a hidden file
         return f"{text}.png"
     return f"_{hashlib.sha256(text.encode()).hexdigest()[:24]}.png"
 
