@@ -3,17 +3,23 @@
 Typical use::
 
     import gclip
-    loaded = gclip.load_model("ViT-B-16-quickgelu", pretrained="openai")
-    segmenter = gclip.Segmenter.from_open_clip(loaded.model, loaded.tokenizer, method="gclip")
+    segmenter = gclip.load_segmenter("ViT-B-16-quickgelu", pretrained="openai", method="gclip")
     vocabulary = gclip.parse_text("background\\nroad, street\\ncar\\nperson, pedestrian")
     [result] = segmenter.segment([image_hwc_uint8], vocabulary)
     result.labels_hw, result.confidence_hw
+
+Configs, vocabularies and the model catalog import without torch (a driver validates a run
+with them); the model side (``Segmenter``, ``load_segmenter``, ``load_model``) imports torch
+on first use.
 """
 
-from gclip.inference import InferenceConfig
-from gclip.loading import DEMO_MODEL, LoadedModel, WeightsUnavailableError, load_model
-from gclip.methods import METHODS, MethodConfig
-from gclip.segmenter import Segmentation, Segmenter
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from gclip.catalog import DEMO_MODEL
+from gclip.config import METHODS, InferenceConfig, MethodConfig, ShippedSettings
 from gclip.vocabulary import (
     UNLABELLED,
     Vocabulary,
@@ -24,20 +30,44 @@ from gclip.vocabulary import (
     parse_text,
 )
 
+if TYPE_CHECKING:
+    from gclip.loading import CheckpointError, LoadedModel, WeightsUnavailableError, load_model
+    from gclip.segmenter import Segmentation, Segmenter, load_segmenter
+
+_LAZY = {
+    "CheckpointError": "gclip.loading",
+    "LoadedModel": "gclip.loading",
+    "WeightsUnavailableError": "gclip.loading",
+    "load_model": "gclip.loading",
+    "Segmentation": "gclip.segmenter",
+    "Segmenter": "gclip.segmenter",
+    "load_segmenter": "gclip.segmenter",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'gclip' has no attribute {name!r}")
+
+
 __all__ = [
     "DEMO_MODEL",
     "METHODS",
     "UNLABELLED",
+    "CheckpointError",
     "InferenceConfig",
     "LoadedModel",
     "MethodConfig",
     "Segmentation",
     "Segmenter",
+    "ShippedSettings",
     "Vocabulary",
     "VocabularyClass",
     "VocabularyError",
     "WeightsUnavailableError",
     "load_model",
+    "load_segmenter",
     "load_vocabulary",
     "parse_json",
     "parse_text",

@@ -15,56 +15,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from gclip.config import InferenceConfig
 from gclip.pamr import pamr
 
 # Upsampling to the original frame proceeds in row bands of at most this many elements, so a
 # 4000 x 3000 image with 300 names needs a few hundred MB rather than several GB.
 _BAND_ELEMENTS = 1 << 25
-
-
-@dataclass(frozen=True, slots=True)
-class InferenceConfig:
-    """How images become label maps. Defaults follow the ClearCLIP protocol.
-
-    Attributes:
-        short_side: resize so the shorter side has this many pixels; ``None`` keeps the size.
-        crop: sliding-window side, in resized pixels.
-        stride: step between windows; the last window of a row or column is shifted inside.
-        batch_size: windows per forward pass, drawn from all images of a call.
-        logit_scale: temperature of the softmax over names (cosine similarities x scale).
-        pamr: refine the stitched logits with PAMR before the softmax.
-        pamr_iterations: PAMR iterations.
-        pamr_dilations: PAMR neighbourhood dilations, in resized pixels.
-        precision: ``fp32``, or ``fp16`` / ``bf16`` autocast for the vision forward.
-    """
-
-    short_side: int | None = 448
-    crop: int = 448
-    stride: int = 224
-    batch_size: int = 16
-    logit_scale: float = 40.0
-    pamr: bool = False
-    pamr_iterations: int = 10
-    pamr_dilations: tuple[int, ...] = (8, 16)
-    precision: str = "fp32"
-
-    def __post_init__(self) -> None:
-        if self.short_side is not None and self.short_side < 1:
-            raise ValueError(f"short_side must be >= 1 or None, got {self.short_side}.")
-        if self.crop < 1 or self.stride < 1:
-            raise ValueError(
-                f"crop and stride must be >= 1, got crop={self.crop}, stride={self.stride}."
-            )
-        if self.stride > self.crop:
-            raise ValueError(
-                f"stride {self.stride} > crop {self.crop} would leave pixels uncovered."
-            )
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
-        if self.precision not in ("fp32", "fp16", "bf16"):
-            raise ValueError(f"precision must be fp32, fp16 or bf16, got {self.precision!r}.")
-        if isinstance(self.pamr_dilations, list):
-            object.__setattr__(self, "pamr_dilations", tuple(self.pamr_dilations))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,14 +1,15 @@
 """Building open_clip models from a name and a ``pretrained`` source, failing fast offline.
 
 Sources: an open_clip tag (``openai``, ``laion2b_s34b_b88k``, ...), a local checkpoint path,
-``none`` for random weights, or the bundled ``demo`` model. A tag whose weights are not in the
-local cache is downloaded only when the hub answers within seconds; otherwise the error says
-how to pass a local checkpoint instead of waiting through a minute of retries.
+``none`` for random weights (seeded from the model name, so every process builds the same
+model), or the bundled ``demo`` model. A tag whose weights are not in the local cache is
+downloaded only when the hub answers within seconds; otherwise the error says how to pass a
+local checkpoint instead of waiting through a minute of retries.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 import os
 import socket
@@ -22,18 +23,21 @@ import open_clip
 import torch
 from torch import nn
 
+from gclip.catalog import DEMO_DIR, DEMO_MODEL, HF_HUB, LOCAL_DIR, check_source, is_random
+from gclip.config import ShippedSettings, read_shipped
+
 log = logging.getLogger(__name__)
 
-DEMO_MODEL = "demo"
-DEMO_DIR = Path(__file__).parent / "assets" / "demo"
-RANDOM_WEIGHTS = ("", "none", "random")
-_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 _HF_SAFE_NAME = "open_clip_model.safetensors"
 _HF_DEFAULT_NAME = "open_clip_pytorch_model.bin"
 
 
 class WeightsUnavailableError(RuntimeError):
     """Pretrained weights cannot be found locally nor downloaded; the message says what to do."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file exists but cannot be loaded (truncated, corrupt, another model's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,17 +49,19 @@ class LoadedModel:
         tokenizer: its tokenizer.
         name: model name as given.
         pretrained: the resolved weights source (tag, path, or ``none``).
-        recommended: method options shipped with the checkpoint (the demo model's global
-            blocks, for example); callers merge them under their own options.
-        templates: prompt templates shipped with the checkpoint, if any.
+        shipped: settings shipped with the checkpoint (the demo model's global blocks and
+            inference scale, for example); callers layer their own settings over them.
+        weights_file: the file the weights were read from, when there is one.
+        seed: the seed of random weights (``pretrained="none"``), else ``None``.
     """
 
     model: nn.Module
     tokenizer: Any
     name: str
     pretrained: str
-    recommended: dict[str, Any] = field(default_factory=dict)
-    templates: tuple[str, ...] | None = None
+    shipped: ShippedSettings = field(default_factory=ShippedSettings)
+    weights_file: str | None = None
+    seed: int | None = None
 
 
 def load_model(
@@ -78,13 +84,15 @@ def load_model(
 
     Raises:
         WeightsUnavailableError: a tag is neither cached nor downloadable.
+        CheckpointError: a checkpoint file exists but does not load.
         ValueError: unknown model name, tag, or missing checkpoint file.
     """
+    check_source(name, pretrained)
     if name == DEMO_MODEL:
         return _load_local_dir(DEMO_DIR, name, device)
-    if name.startswith("local-dir:"):
-        return _load_local_dir(Path(name.removeprefix("local-dir:")), name, device)
-    if name.startswith("hf-hub:"):
+    if name.startswith(LOCAL_DIR):
+        return _load_local_dir(Path(name.removeprefix(LOCAL_DIR)), name, device)
+    if name.startswith(HF_HUB):
         # Offline (HF_HUB_OFFLINE=1) the hub client reads its cache and fails at once if the
         # model is not there; online, an unreachable hub is detected before its retries.
         if not hub_offline():
@@ -101,42 +109,58 @@ def load_model(
             model.eval(), open_clip.get_tokenizer(name, cache_dir=cache_dir), name, name
         )
 
-    if name not in open_clip.list_models():
-        raise ValueError(
-            f"Unknown open_clip model {name!r}. ViT examples: ViT-B-16, ViT-B-16-quickgelu, "
-            "ViT-L-14; or 'demo', 'local-dir:/path', 'hf-hub:org/repo'."
-        )
     checkpoint, quick_gelu, source = _resolve_weights(name, pretrained, cache_dir, connect_timeout)
-    model = open_clip.create_model(
-        name,
-        pretrained=checkpoint,
-        force_quick_gelu=quick_gelu,
-        device=device,
-        cache_dir=cache_dir,
-        weights_only=True,
+    if checkpoint is None:
+        seed = random_weights_seed(name)
+        # Seeded from the name alone, so every worker, retry and run builds the same model.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = open_clip.create_model(name, device="cpu")
+        return LoadedModel(
+            model.to(device).eval(), open_clip.get_tokenizer(name), name, source, seed=seed
+        )
+    try:
+        model = open_clip.create_model(
+            name,
+            pretrained=checkpoint,
+            force_quick_gelu=quick_gelu,
+            device=device,
+            cache_dir=cache_dir,
+            weights_only=True,
+        )
+    except Exception as err:
+        raise CheckpointError(
+            f"Cannot load checkpoint {checkpoint} into {name}: {type(err).__name__}: {err}. "
+            "The file may be truncated, corrupt, or the weights of another model."
+        ) from err
+    return LoadedModel(
+        model.eval(), open_clip.get_tokenizer(name), name, source, weights_file=checkpoint
     )
-    return LoadedModel(model.eval(), open_clip.get_tokenizer(name), name, source)
+
+
+def random_weights_seed(name: str) -> int:
+    """The seed of ``name``'s random weights: the same in every process and run."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big")
 
 
 def _resolve_weights(
     name: str, pretrained: str | None, cache_dir: str | None, timeout: float
 ) -> tuple[str | None, bool, str]:
     """Return ``(checkpoint path or None, force QuickGELU, source label)``."""
-    if pretrained is None or pretrained.lower() in RANDOM_WEIGHTS:
+    if pretrained is None or is_random(pretrained):
         message = (
-            f"Building {name} with RANDOM weights (pretrained={pretrained!r}): its labels are "
-            "meaningless. Pass an open_clip tag or a checkpoint path for real labels."
+            f"Building {name} with RANDOM weights (pretrained={pretrained!r}, seeded from the "
+            "model name): its labels are meaningless. Pass an open_clip tag or a checkpoint path "
+            "for real labels."
         )
         log.warning(message)
         warnings.warn(message, stacklevel=3)
         return None, False, "none"
-    path = Path(pretrained).expanduser()
+    path = Path(pretrained.removeprefix("file://")).expanduser()
     if path.is_file():
         return str(path), False, str(path)
     tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
     if not tag_cfg:
-        if path.suffix in _CHECKPOINT_SUFFIXES or os.sep in pretrained:
-            raise ValueError(f"Checkpoint file {pretrained} does not exist.")
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
         raise ValueError(
             f"{pretrained!r} is neither a checkpoint file nor an open_clip tag of {name}. "
@@ -223,28 +247,26 @@ def _offline_message(name: str, tag: str | None, why: str) -> str:
 
 
 def _load_local_dir(folder: Path, name: str, device: str | torch.device) -> LoadedModel:
-    """A model saved as open_clip's local-dir layout, plus our optional ``gclip.json``."""
-    if not (folder / "open_clip_config.json").is_file():
-        raise ValueError(
-            f"{folder} holds no open_clip_config.json; a local-dir model needs that file and "
-            "open_clip_model.safetensors or open_clip_pytorch_model.bin beside it."
-        )
-    if not any((folder / f).is_file() for f in (_HF_SAFE_NAME, _HF_DEFAULT_NAME)):
+    """A model saved as open_clip's local-dir layout (config checked by ``check_source``),
+    plus our optional ``gclip.json``."""
+    found = [folder / f for f in (_HF_SAFE_NAME, _HF_DEFAULT_NAME) if (folder / f).is_file()]
+    if not found:
         raise WeightsUnavailableError(
             f"{folder} has a config but no {_HF_SAFE_NAME} or {_HF_DEFAULT_NAME}; "
             "refusing to fall back to random weights."
         )
-    spec = f"local-dir:{folder}"
-    model = open_clip.create_model(spec, device=device, weights_only=True)
-    extras: dict[str, Any] = {}
-    if (folder / "gclip.json").is_file():
-        extras = json.loads((folder / "gclip.json").read_text(encoding="utf-8"))
-    templates = extras.get("templates")
+    spec, weights = f"{LOCAL_DIR}{folder}", found[0]
+    try:
+        model = open_clip.create_model(spec, device=device, weights_only=True)
+    except Exception as err:
+        raise CheckpointError(
+            f"Cannot load the model in {folder} ({weights.name}): {type(err).__name__}: {err}."
+        ) from err
     return LoadedModel(
         model=model.eval(),
         tokenizer=open_clip.get_tokenizer(spec),
         name=name,
         pretrained=str(folder),
-        recommended=dict(extras.get("method_options", {})),
-        templates=tuple(templates) if templates else None,
+        shipped=read_shipped(folder),
+        weights_file=str(weights),
     )

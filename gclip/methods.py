@@ -1,7 +1,7 @@
 """Dense-feature methods: GCLIP and its training-free peers on one code path.
 
 Every method shares blocks ``0 .. depth-2`` of the backbone and differs in the last block, as
-written in ``shared/docs/gclip-method.md``. Functions here are pure and differentiable (the demo
+written in ``docs/gclip-method.md``. Functions here are pure and differentiable (the demo
 model is trained through them); caching lives in :mod:`gclip.segmenter`.
 """
 
@@ -9,102 +9,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Literal
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from gclip.backbone import VisionBackbone
+from gclip.config import MethodConfig
 
 log = logging.getLogger(__name__)
-
-METHODS = ("gclip", "clearclip", "naclip", "sclip", "maskclip", "clip")
-GlobalBlocks = tuple[int, ...] | Literal["auto"] | None
-
-# The reconstruction's defaults are stated for ViT-B (12 blocks); other depths resolve to "auto".
-_REFERENCE_DEPTH = 12
-_REFERENCE_GLOBAL_BLOCKS = (6, 7)
-_REFERENCE_CS_START = 7
-
-
-@dataclass(frozen=True, slots=True)
-class MethodConfig:
-    """Which dense-feature method to run, with every reconstructed *(guess)* as an option.
-
-    Attributes:
-        name: one of :data:`METHODS`.
-        global_blocks: 0-based blocks whose attention maps GCLIP fuses (AMF). ``None`` means
-            ``(6, 7)`` on 12-block backbones and ``"auto"`` otherwise; ``"auto"`` detects the
-            first block where a global token emerges (see :func:`find_global_blocks`).
-        head_average: average attention maps over heads before fusing (else fuse per head).
-        cs_start_block: first block whose FFN output channel is suppressed. ``None`` means 7
-            on 12-block backbones, else the first global block.
-        cs_enabled: apply Channel Suppression (GCLIP only).
-        naclip_sigma: standard deviation, in patches, of NACLIP's neighbourhood Gaussian.
-        auto_ratio: a token is global when it receives this many times the uniform attention.
-        auto_fraction: ... in more than this fraction of the calibration images.
-    """
-
-    name: str = "gclip"
-    global_blocks: GlobalBlocks = None
-    head_average: bool = True
-    cs_start_block: int | None = None
-    cs_enabled: bool = True
-    naclip_sigma: float = 5.0
-    auto_ratio: float = 10.0
-    auto_fraction: float = 0.5
-
-    def __post_init__(self) -> None:
-        if self.name not in METHODS:
-            raise ValueError(f"Unknown method {self.name!r}; choose one of {', '.join(METHODS)}.")
-        gb = self.global_blocks
-        if isinstance(gb, list):
-            object.__setattr__(self, "global_blocks", tuple(gb))
-        elif not (gb is None or gb == "auto" or isinstance(gb, tuple)):
-            raise ValueError(
-                f"global_blocks must be a tuple of block indices, 'auto' or None; got {gb!r}."
-            )
-        if self.naclip_sigma <= 0:
-            raise ValueError(f"naclip_sigma must be positive, got {self.naclip_sigma}.")
-
-    def resolve(self, depth: int) -> MethodConfig:
-        """Replace ``None`` defaults with concrete values for a backbone ``depth`` blocks deep."""
-        gb = self.global_blocks
-        if gb is None:
-            gb = _REFERENCE_GLOBAL_BLOCKS if depth == _REFERENCE_DEPTH else "auto"
-        if isinstance(gb, tuple):
-            bad = [b for b in gb if not 0 <= b < depth - 1]
-            if bad or not gb:
-                raise ValueError(
-                    f"global_blocks {gb} must be non-empty indices in [0, {depth - 2}] "
-                    f"(the last block {depth - 1} is the one being reshaped)."
-                )
-        cs = self.cs_start_block
-        if cs is None:
-            if depth == _REFERENCE_DEPTH:
-                cs = _REFERENCE_CS_START
-            elif isinstance(gb, tuple):
-                cs = min(gb)
-        if cs is not None and not 0 <= cs < depth:
-            raise ValueError(f"cs_start_block {cs} is outside [0, {depth - 1}].")
-        return replace(self, global_blocks=gb, cs_start_block=cs)
-
-    def with_global_blocks(self, blocks: tuple[int, ...]) -> MethodConfig:
-        """Fix ``"auto"`` to detected ``blocks``; CS follows them unless set explicitly."""
-        cs = self.cs_start_block if self.cs_start_block is not None else min(blocks)
-        return replace(self, global_blocks=tuple(blocks), cs_start_block=cs)
-
-    @property
-    def uses_channel_suppression(self) -> bool:
-        return self.name == "gclip" and self.cs_enabled
-
-    @property
-    def recorded_blocks(self) -> tuple[int, ...]:
-        if self.name != "gclip":
-            return ()
-        assert isinstance(self.global_blocks, tuple), "resolve global blocks before running"
-        return self.global_blocks
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,12 +49,13 @@ def suppress_outlier_row(weight: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 def channel_suppression(backbone: VisionBackbone, config: MethodConfig) -> ChannelSuppression:
-    """Channel Suppression weights for every block from ``config.cs_start_block`` on."""
+    """Channel Suppression weights for every block from ``config.cs_start_block`` on, up to the
+    block before the last (GCLIP's last block drops its FFN, so its weight is never used)."""
     if not config.uses_channel_suppression:
         return ChannelSuppression()
     assert config.cs_start_block is not None, "resolve the config before computing CS"
     weights, rows = {}, {}
-    for index in range(config.cs_start_block, backbone.depth):
+    for index in range(config.cs_start_block, backbone.depth - 1):
         weights[index], rows[index] = suppress_outlier_row(backbone.ffn_out_weight(index))
     return ChannelSuppression(weights=weights, rows=rows)
 

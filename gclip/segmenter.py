@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,10 +14,11 @@ from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
 from gclip.backbone import VisionBackbone
-from gclip.inference import InferenceConfig, labels_from_logits, refine, resized_size, stitch_logits
+from gclip.config import InferenceConfig, MethodConfig, build
+from gclip.inference import labels_from_logits, refine, resized_size, stitch_logits
+from gclip.loading import LoadedModel, load_model
 from gclip.methods import (
     ChannelSuppression,
-    MethodConfig,
     channel_suppression,
     dense_features,
     find_global_blocks,
@@ -47,7 +48,12 @@ class Segmenter:
     """Open-vocabulary semantic segmentation with GCLIP or a peer on an open_clip ViT.
 
     The wrapped model is never modified: Channel Suppression keeps its own weight copies and
-    every forward runs under ``torch.no_grad``. Build with :meth:`from_open_clip`.
+    every forward runs under ``torch.no_grad``. Build with :func:`load_segmenter` or
+    :meth:`from_open_clip`.
+
+    Attributes:
+        inference: the settings :meth:`segment` uses when given none (a checkpoint's
+            recommended scale, for example).
     """
 
     def __init__(
@@ -56,10 +62,12 @@ class Segmenter:
         tokenizer: Any,
         config: MethodConfig,
         templates: Sequence[Template] | None = None,
+        inference: InferenceConfig | None = None,
     ) -> None:
         self._model = model.eval()
         self._backbone = VisionBackbone(model.visual)
         self._config = config.resolve(self._backbone.depth)
+        self.inference = inference or InferenceConfig()
         self._suppression: ChannelSuppression | None = None
         self.text = (
             TextEncoder(model, tokenizer, templates) if templates else TextEncoder(model, tokenizer)
@@ -90,7 +98,7 @@ class Segmenter:
             **options: :class:`gclip.MethodConfig` fields (``global_blocks``, ``head_average``,
                 ``cs_start_block``, ``cs_enabled``, ``naclip_sigma``, ...).
         """
-        return cls(model, tokenizer, MethodConfig(name=method, **options), templates)
+        return cls(model, tokenizer, build(MethodConfig, {"name": method, **options}), templates)
 
     @property
     def method(self) -> MethodConfig:
@@ -100,6 +108,11 @@ class Segmenter:
     @property
     def patch_size(self) -> int:
         return self._backbone.patch_size
+
+    @property
+    def depth(self) -> int:
+        """Blocks in the vision tower."""
+        return self._backbone.depth
 
     @property
     def device(self) -> torch.device:
@@ -164,12 +177,12 @@ class Segmenter:
         Args:
             images: RGB images of any sizes (see :meth:`preprocess`).
             vocabulary: the classes; their text embeddings are computed once and cached.
-            config: inference settings; default :class:`InferenceConfig`.
+            config: inference settings; default :attr:`inference`.
 
         Returns:
             One :class:`Segmentation` per image, in the original frame.
         """
-        config = config or InferenceConfig()
+        config = config or self.inference
         if not images:
             return []
         chws = [to_chw(im) for im in images]
@@ -201,6 +214,51 @@ class Segmenter:
                 return self.dense_features(crops)
 
         return features
+
+
+def load_segmenter(
+    model: str | LoadedModel,
+    pretrained: str | None = None,
+    method: str | MethodConfig = "gclip",
+    *,
+    device: str | torch.device = "cpu",
+    inference: Mapping[str, Any] | None = None,
+    templates: Sequence[Template] | None = None,
+    **options: Any,
+) -> Segmenter:
+    """Load a model and wrap it, under the settings its checkpoint ships.
+
+    A checkpoint may ship GCLIP options (the demo model's global blocks), inference settings
+    (the scale it was trained at) and prompt templates; each applies unless given here.
+
+    Args:
+        model: an open_clip name, ``demo``, ``local-dir:PATH``, ``hf-hub:ORG/REPO`` (see
+            :func:`gclip.load_model`), or an already loaded model.
+        pretrained: tag, checkpoint path or ``none``; unused for an already loaded model.
+        method: a method name, layered with the shipped options and ``options``; or a
+            complete :class:`MethodConfig`, used as it is.
+        device: where the model lives.
+        inference: :class:`InferenceConfig` fields over the shipped ones; they become the
+            segmenter's :attr:`Segmenter.inference`.
+        templates: prompt templates; default the shipped ones, else the 80 OpenAI ones.
+        **options: :class:`MethodConfig` fields over the shipped ones.
+    """
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, pretrained, device)
+    shipped = loaded.shipped
+    if isinstance(method, MethodConfig):
+        if options:
+            raise ValueError("Pass method options inside the MethodConfig, not beside it.")
+        config = method
+    else:  # shipped options are GCLIP's (its global blocks for this depth); peers ignore them
+        layered = {**(shipped.method_options if method == "gclip" else {}), **options}
+        config = build(MethodConfig, {"name": method, **layered})
+    return Segmenter(
+        loaded.model,
+        loaded.tokenizer,
+        config,
+        templates or shipped.templates,
+        build(InferenceConfig, {**shipped.inference, **(inference or {})}),
+    )
 
 
 def to_chw(image: Any) -> torch.Tensor:

@@ -3,8 +3,9 @@
     python -m jobs.label --manifest M.parquet --vocabulary classes.txt --output OUT [--model demo]
     ray job submit --working-dir . -- python -m jobs.label ...   # on a cluster
 
-Exit code: 0 when every shard finished (even with failed images), 1 if a shard failed,
-2 for invalid input.
+Exit code: 0 when every shard finished (even with failed images); 1 if a shard failed, the
+model or a worker could not be built, or the run crashed (with its traceback); 2 for bad
+input, found before any work.
 """
 
 from __future__ import annotations
@@ -12,15 +13,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import traceback
 from pathlib import Path
 
-from pipeline import (
-    ConfigChangedError,
-    ManifestError,
-    load_run_config,
-    ray_executor_factory,
-    run_labelling,
-)
+from pipeline import InputError, RayBackend, SetupError, execute, load_run_config, prepare_run
 from pipeline.cli import overrides, parse_args
 
 
@@ -30,14 +26,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parse_args(argv)
     try:
-        file_values = (
-            json.loads(Path(args.config).read_text(encoding="utf-8")) if args.config else None
-        )
-        config = load_run_config(file_values, overrides(args))
-        summary = run_labelling(config, ray_executor_factory, args.allow_config_change)
-    except (ValueError, ManifestError, ConfigChangedError, OSError) as err:
+        text = Path(args.config).read_text(encoding="utf-8") if args.config else None
+        config = load_run_config(json.loads(text) if text else None, overrides(args))
+        run = prepare_run(config)
+    except (InputError, OSError, ValueError) as err:  # nothing has started
         print(f"error: {err}", file=sys.stderr)
         return 2
+    try:
+        summary = execute(
+            run, RayBackend(config.address), args.allow_config_change, args.retry_failed
+        )
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except SetupError as err:
+        print(f"error: the model could not be built: {err.cause}", file=sys.stderr)
+        print(f"(traceback: python -m jobs.status {config.output} --tracebacks)", file=sys.stderr)
+        return 1
+    except Exception:
+        traceback.print_exc()
+        print(f"error: the run crashed; {config.output}/run.json records it", file=sys.stderr)
+        return 1
     print(
         f"{summary.images_labelled} images labelled, {summary.images_failed} failed, "
         f"{summary.shards_failed} of {summary.shards} shards failed, {summary.seconds:.1f} s. "
@@ -46,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     if summary.failures_by_error:
         kinds = ", ".join(f"{n} {error}" for error, n in summary.failures_by_error.items())
         print(f"failed images by cause: {kinds}; each listed in {config.output}/failures.jsonl")
+    if summary.retries:
+        kinds = ", ".join(f"{n} {cause}" for cause, n in sorted(summary.retries.items()))
+        print(f"attempts retried: {kinds} (died: worker lost; oom: out of memory; timeout)")
     if not summary.ok:
         print(
             f"failed shards and their tracebacks: python -m jobs.status {config.output} --tracebacks"

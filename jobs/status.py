@@ -24,7 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     entries = Ledger(storage).read_all()
     states = collections.Counter(e.state for e in entries.values())
     total = run.get("counts", {}).get("shards")
-    print(f"run {run['state']}: model {run['config']['model']}, method {run['config']['method']}")
+    method = run.get("resolved", run["config"])["method"]
+    blocks = f" (global blocks {method['global_blocks']})" if method["name"] == "gclip" else ""
+    print(f"run {run['state']}: model {run['config']['model']}, method {method['name']}{blocks}")
+    if run.get("error"):
+        print(f"  error: {run['error']}")
+        if args.tracebacks and run.get("traceback"):
+            print(run["traceback"])
     print(
         f"shards: {states.get('done', 0)} done, {states.get('failed', 0)} failed, "
         f"{states.get('pending', 0)} pending" + (f", {total} planned" if total else "")
@@ -33,12 +39,15 @@ def main(argv: list[str] | None = None) -> int:
         f"images: {sum(e.images_done for e in entries.values())} labelled, "
         f"{sum(e.images_failed for e in entries.values())} failed"
     )
+    retries = sum((collections.Counter(e.retries) for e in entries.values()), collections.Counter())
+    if retries:
+        print("attempts retried: " + ", ".join(f"{n} {k}" for k, n in sorted(retries.items())))
     for entry in sorted(entries.values(), key=lambda e: e.shard):
         if entry.state == "failed":
             print(f"  shard {entry.shard}: failed after {entry.attempts} attempt(s): {entry.error}")
             if args.tracebacks and entry.traceback:
                 print(entry.traceback)
-    return 1 if states.get("failed") else 0
+    return 1 if states.get("failed") or run["state"] == "failed" else 0
 
 
 if __name__ == "__main__":

@@ -1,27 +1,38 @@
 """pipeline: the distributed labelling job, from Parquet manifests to COCO masks.
 
 Everything that touches Ray, storage or files lives here; model maths stays in ``gclip``.
+Importing it imports neither torch nor Ray: a driver validates and plans without them.
 """
 
+from pipeline.backends import Backend, LocalBackend, RayBackend
 from pipeline.config import RunConfig, load_run_config
-from pipeline.coordinator import ConfigChangedError, RunSummary, run_labelling
+from pipeline.coordinator import PreparedRun, RunSummary, execute, prepare_run, run_labelling
+from pipeline.errors import ConfigChangedError, InputError, SetupError
 from pipeline.executors import InProcessExecutor, RayExecutor
 from pipeline.manifest import ManifestError, plan_shards, read_manifest
-from pipeline.model import SegmenterSpec
-from pipeline.ray_session import connect, ray_executor_factory
+from pipeline.ray_session import connect
+from pipeline.recipe import Resolution, SegmenterSpec
 
 __all__ = [
+    "Backend",
     "ConfigChangedError",
     "InProcessExecutor",
+    "InputError",
+    "LocalBackend",
     "ManifestError",
+    "PreparedRun",
+    "RayBackend",
     "RayExecutor",
+    "Resolution",
     "RunConfig",
     "RunSummary",
     "SegmenterSpec",
+    "SetupError",
     "connect",
+    "execute",
     "load_run_config",
     "plan_shards",
-    "ray_executor_factory",
+    "prepare_run",
     "read_manifest",
     "run_labelling",
 ]

@@ -1,19 +1,26 @@
-"""The coordinator: plan, resume, dispatch with backpressure, retry, and finish a run.
+"""The coordinator: validate, resolve, resume, dispatch with backpressure, retry, finish.
 
-Numbered steps of :func:`run_labelling`:
-1. Validate the vocabulary and the manifest, plan shards, check the fingerprint against an
-   earlier run in the same output (refuse a changed setting unless told otherwise).
-2. Reconcile the ledger with the shard files: finished shards are skipped, never rewritten.
-3. Dispatch the remaining shards, at most ``executor.capacity`` in flight; a shard whose worker
-   died is retried up to ``max_attempts``; one whose code raised fails with its traceback.
-4. Assemble the outputs from every finished shard and write ``run.json``.
+Numbered steps of a run:
+1. :func:`prepare_run`, on the driver without Ray or torch: the weights source, the vocabulary
+   and the manifest are checked and the shards planned; any problem is an :class:`InputError`.
+2. :func:`execute` resolves the segmenter recipe once on the model (its depth's defaults,
+   GCLIP's calibration), fingerprints the resolved settings and refuses an output folder that
+   holds a run with other ones (unless told otherwise).
+3. The ledger is reconciled with the shard files: finished shards are skipped, never rewritten
+   (``retry_failed`` relabels the failed images of finished shards, replacing their files).
+4. Shards are dispatched, at most ``executor.capacity`` in flight; a lost worker, an
+   out-of-memory error or a missed deadline is retried up to ``max_attempts``; an error of our
+   code fails the shard with its traceback; a worker that cannot build its model ends the run.
+5. The outputs are assembled from every finished shard and ``run.json`` says how it ended; a
+   crash at any step after 2 leaves ``run.json`` ``failed`` with the error.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+import traceback
+from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -21,26 +28,33 @@ from typing import Any
 from tqdm import tqdm
 
 import gclip
-from pipeline.config import RunConfig
-from pipeline.executors import Executor, Outcome
-from pipeline.ledger import DONE, FAILED, Ledger, ShardEntry
-from pipeline.manifest import Shard, plan_shards, read_manifest
+from gclip.catalog import check_source, is_remote
+from gclip.config import to_json
+from pipeline.backends import Backend
+from pipeline.config import RunConfig, labelling_fingerprint
+from pipeline.errors import ConfigChangedError, InputError, SetupError, plain
+from pipeline.executors import DONE as ENDED_DONE
+from pipeline.executors import ERROR, INTERRUPTED, RETRYABLE, SETUP, Executor, Outcome
+from pipeline.layout import FORMAT_VERSION, SHARDS, shard_path
+from pipeline.ledger import DONE, FAILED, PENDING, Ledger, ShardEntry
+from pipeline.manifest import Shard, first_uris, plan_shards, read_manifest
 from pipeline.outputs import assemble, read_run, read_shard, write_run
-from pipeline.storage import Storage
-from pipeline.worker import ShardSettings, shard_path
+from pipeline.recipe import Resolution, SegmenterSpec
+from pipeline.storage import Storage, resolve
+from pipeline.worker import ShardSettings, ShardTask
 
 log = logging.getLogger(__name__)
 
-ExecutorFactory = Callable[[RunConfig, ShardSettings], Executor]
-
-
-class ConfigChangedError(RuntimeError):
-    """The output folder holds a run with other labelling settings."""
+CALIBRATION_IMAGES = 8
 
 
 @dataclass(frozen=True, slots=True)
 class RunSummary:
-    """What a finished (or failed) run reports; the job's exit code follows ``ok``."""
+    """What a finished (or failed) run reports; the job's exit code follows ``ok``.
+
+    Attributes:
+        retries: attempts retried in this run, by cause (``died``, ``oom``, ``timeout``).
+    """
 
     shards: int
     shards_failed: int
@@ -48,102 +62,184 @@ class RunSummary:
     images_failed: int
     seconds: float
     failures_by_error: dict[str, int] = field(default_factory=dict)
+    retries: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return self.shards_failed == 0
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedRun:
+    """A validated, planned run: everything known before Ray or the model."""
+
+    config: RunConfig
+    vocabulary: gclip.Vocabulary
+    shards: list[Shard]
+    calibration_uris: tuple[str, ...]
+
+
 def run_labelling(
-    config: RunConfig, make_executor: ExecutorFactory, allow_config_change: bool = False
+    config: RunConfig,
+    backend: Backend,
+    allow_config_change: bool = False,
+    retry_failed: bool = False,
 ) -> RunSummary:
     """Label the manifest's images into ``config.output``; see the module docstring."""
+    return execute(prepare_run(config), backend, allow_config_change, retry_failed)
+
+
+def prepare_run(config: RunConfig) -> PreparedRun:
+    """Step 1: check the weights source, vocabulary and manifest, and plan the shards.
+
+    Raises:
+        InputError: naming the problem; nothing has started.
+    """
+    try:
+        check_source(config.model, config.pretrained)
+        if config.pretrained is not None and is_remote(config.pretrained):
+            fs, path = resolve(config.pretrained)
+            if not fs.get_file_info(path).is_file:
+                raise InputError(f"Checkpoint {config.pretrained} does not exist.")
+        vocabulary = gclip.load_vocabulary(
+            config.vocabulary, config.background_first_line, config.threshold
+        )
+        shards = plan_shards(read_manifest(config.manifest), config.shard_size)
+        uris: tuple[str, ...] = ()
+        if config.method.needs_calibration:
+            # Every worker and every resumed run fuse the same blocks: they come from the
+            # manifest's first images, not from whichever shard a worker saw first.
+            uris = tuple(first_uris(config.manifest, CALIBRATION_IMAGES))
+    except InputError:
+        raise
+    except (ValueError, OSError) as err:
+        raise InputError(str(err)) from err
+    return PreparedRun(config, vocabulary, shards, uris)
+
+
+def execute(
+    run: PreparedRun,
+    backend: Backend,
+    allow_config_change: bool = False,
+    retry_failed: bool = False,
+) -> RunSummary:
+    """Steps 2-5 of a prepared run on ``backend`` (closed at the end)."""
     started = time.time()
-    # 1. Validate and plan before any work.
-    vocabulary = gclip.load_vocabulary(
-        config.vocabulary, config.background_first_line, config.threshold
-    )
-    shards = plan_shards(read_manifest(config.manifest), config.shard_size)
-    fingerprint = config.labelling_fingerprint(vocabulary.fingerprint)
+    config = run.config
     storage = Storage(config.output)
-    _check_fingerprint(storage, fingerprint, allow_config_change)
-    run_record = _run_record(config, fingerprint, vocabulary, started, state="running")
-    write_run(storage, run_record)
+    try:
+        previous = read_run(storage)
+        _check_format(storage, previous)
+        try:
+            resolution = backend.resolve(
+                SegmenterSpec(config.model, config.pretrained, config.method, config.device),
+                run.calibration_uris,
+                config.inference.crop,
+            )
+        except SetupError as err:
+            if previous is None:  # a first run leaves its failure where status looks
+                write_run(storage, _run_record(run, None, None, started, "failed", err))
+            raise
+        weights = resolution.model.get("weights_sha256") or _seed(resolution)
+        fingerprint = labelling_fingerprint(
+            config, resolution.spec.method, weights, run.vocabulary.fingerprint
+        )
+        _check_fingerprint(storage, previous, fingerprint, allow_config_change)
+        write_run(storage, _run_record(run, resolution, fingerprint, started, "running"))
+        try:
+            counts, retries = _label(run, backend, storage, resolution, fingerprint, retry_failed)
+        except BaseException as err:
+            state = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+            write_run(storage, _run_record(run, resolution, fingerprint, started, state, err))
+            raise
+        seconds = time.time() - started
+        state = "finished" if counts["shards_failed"] == 0 else "failed"
+        record = _run_record(run, resolution, fingerprint, started, state)
+        record["counts"] = counts
+        record["timings"].update(finished=_now(), seconds=round(seconds, 3))
+        write_run(storage, record)
+        return RunSummary(
+            shards=counts["shards"],
+            shards_failed=counts["shards_failed"],
+            images_labelled=counts["images_labelled"],
+            images_failed=counts["images_failed"],
+            seconds=seconds,
+            failures_by_error=counts["failures_by_error"],
+            retries=retries,
+        )
+    finally:
+        backend.close()
 
-    # 2. Reconcile the ledger with what is on storage.
+
+def _label(
+    run: PreparedRun,
+    backend: Backend,
+    storage: Storage,
+    resolution: Resolution,
+    fingerprint: str,
+    retry_failed: bool,
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """Steps 3-5: reconcile, dispatch, assemble; return the counts and the retries by cause."""
+    config = run.config
     ledger = Ledger(storage)
-    entries = _reconcile(storage, ledger, shards)
-    todo = [s for s in shards if entries[s.index].state != DONE]
+    entries = _reconcile(storage, ledger, run.shards)
+    retried = {
+        i for i, e in entries.items() if retry_failed and e.state == DONE and e.images_failed
+    }
+    for index in retried:
+        entries[index] = replace(entries[index], attempts=0)
+    todo = [s for s in run.shards if entries[s.index].state != DONE or s.index in retried]
     log.info(
-        "%d shards planned, %d already done, %d to run",
-        len(shards),
-        len(shards) - len(todo),
-        len(todo),
+        "%d shards planned, %d already done, %d to run (%d to relabel failed images)",
+        len(run.shards),
+        len(run.shards) - len(todo) + len(retried),
+        len(todo) - len(retried),
+        len(retried),
     )
-
-    # 3. Dispatch.
+    retries: Counter[str] = Counter()
     if todo:
         settings = ShardSettings(
-            vocabulary=vocabulary,
-            inference=config.inference_config(),
+            vocabulary=run.vocabulary,
+            inference=config.inference,
             fingerprint=fingerprint,
             images_per_call=config.images_per_call,
             decode_threads=config.decode_threads,
             png_labels=config.png_labels,
         )
-        executor = make_executor(config, settings)
+        executor = backend.executor(config, resolution.spec, settings)
         try:
-            _dispatch(executor, todo, entries, ledger, config.max_attempts)
+            retries = _dispatch(executor, todo, entries, ledger, config.max_attempts, retried)
         finally:
             executor.shutdown()
-
-    # 4. Assemble outputs from every finished shard.
-    return _finish(storage, config, fingerprint, vocabulary, entries, started)
-
-
-def _finish(
-    storage: Storage,
-    config: RunConfig,
-    fingerprint: str,
-    vocabulary: gclip.Vocabulary,
-    entries: dict[int, ShardEntry],
-    started: float,
-) -> RunSummary:
-    """Write the run's outputs from the finished shards, then run.json; summarise."""
     done = [i for i, e in entries.items() if e.state == DONE]
-    counts = assemble(storage, done, vocabulary, _coco_info(config, fingerprint, vocabulary))
+    info = _coco_info(config, run.vocabulary, resolution, fingerprint)
+    counts = assemble(storage, done, run.vocabulary, info)
     failed = sum(1 for e in entries.values() if e.state == FAILED)
-    seconds = time.time() - started
-    run_record = _run_record(
-        config, fingerprint, vocabulary, started, "finished" if failed == 0 else "failed"
-    )
-    run_record["counts"] = {
-        "shards": len(entries),
-        "shards_done": len(done),
-        "shards_failed": failed,
-        **counts,
-    }
-    run_record["timings"].update(finished=_now(), seconds=round(seconds, 3))
-    write_run(storage, run_record)
-    return RunSummary(
-        shards=len(entries),
-        shards_failed=failed,
-        images_labelled=counts["images_labelled"],
-        images_failed=counts["images_failed"],
-        seconds=seconds,
-        failures_by_error=counts["failures_by_error"],
+    counts.update(shards=len(entries), shards_done=len(done), shards_failed=failed)
+    counts["retries"] = dict(retries)
+    return counts, dict(retries)
+
+
+def _check_format(storage: Storage, previous: dict[str, Any] | None) -> None:
+    if previous is None or previous.get("format_version") == FORMAT_VERSION:
+        return
+    raise ConfigChangedError(
+        f"{storage.root} was written by an older gclip-label (output format "
+        f"{previous.get('format_version', 1)}; this version writes format {FORMAT_VERSION}). "
+        "Its shards cannot be mixed with new ones: label into a new --output."
     )
 
 
-def _check_fingerprint(storage: Storage, fingerprint: str, allow_change: bool) -> None:
-    previous = read_run(storage)
-    if previous is None or previous["fingerprint"] == fingerprint:
+def _check_fingerprint(
+    storage: Storage, previous: dict[str, Any] | None, fingerprint: str, allow_change: bool
+) -> None:
+    if previous is None or previous.get("fingerprint") in (None, fingerprint):
         return
     if not allow_change:
         raise ConfigChangedError(
-            f"{storage.root} holds a run with other labelling settings (model, method, vocabulary or "
-            "inference). Use a new --output, or pass --allow-config-change to keep its finished "
-            "shards and label the rest with the new settings."
+            f"{storage.root} holds a run with other labelling settings (model, weights, method, "
+            "vocabulary or inference). Use a new --output, or pass --allow-config-change to keep "
+            "its finished shards and label the rest with the new settings."
         )
     log.warning("settings changed since the last run in %s; continuing as asked", storage.root)
 
@@ -152,7 +248,7 @@ def _reconcile(storage: Storage, ledger: Ledger, shards: list[Shard]) -> dict[in
     """Ledger entries per shard; a shard file without a ``done`` entry (a crash between the two
     writes) is adopted, and a ``done`` entry without its file is reset."""
     known = ledger.read_all()
-    finished = set(storage.list("shards"))  # one listing, not a request per shard
+    finished = set(storage.list(SHARDS))  # one listing, not a request per shard
     entries: dict[int, ShardEntry] = {}
     for shard in shards:
         entry = known.get(shard.index, ShardEntry(shard.index))
@@ -168,9 +264,9 @@ def _reconcile(storage: Storage, ledger: Ledger, shards: list[Shard]) -> dict[in
                 )
             )
         elif not has_file and entry.state == DONE:
-            entry = ledger.write(replace(entry, state="pending"))
+            entry = ledger.write(replace(entry, state=PENDING))
         elif entry.state == FAILED:  # a new run gives failed shards a new chance
-            entry = replace(entry, state="pending", attempts=0)
+            entry = replace(entry, state=PENDING, attempts=0)
         entries[shard.index] = entry
     return entries
 
@@ -181,37 +277,51 @@ def _dispatch(
     entries: dict[int, ShardEntry],
     ledger: Ledger,
     max_attempts: int,
-) -> None:
+    retried: set[int],
+) -> Counter[str]:
+    """Run ``todo`` to the end; return the retried attempts by cause."""
     by_index = {s.index: s for s in todo}
-    queue = list(todo)
+    work = {
+        s.index: entries[s.index].images_failed if s.index in retried else len(s.records)
+        for s in todo
+    }
+    queue = deque(todo)
     in_flight = 0
-    total = sum(len(s.records) for s in todo)
     failures = 0
-    with tqdm(total=total, unit="img", desc="labelling", dynamic_ncols=True) as bar:
+    retries: Counter[str] = Counter()
+    with tqdm(total=sum(work.values()), unit="img", desc="labelling", dynamic_ncols=True) as bar:
         while queue or in_flight:
             while queue and in_flight < executor.capacity:
-                shard = queue.pop(0)
-                entries[shard.index] = replace(
+                shard = queue.popleft()
+                entry = entries[shard.index] = replace(
                     entries[shard.index], attempts=entries[shard.index].attempts + 1
                 )
-                executor.submit(shard)
+                final = entry.attempts >= max_attempts
+                executor.submit(ShardTask(shard, entry.attempts, final, shard.index in retried))
                 in_flight += 1
             for outcome in executor.wait():
                 in_flight -= 1
-                entry = _record(outcome, entries[outcome.shard], ledger, max_attempts)
+                entry = _after_attempt(outcome, entries[outcome.shard], ledger, max_attempts)
                 entries[outcome.shard] = entry
+                if outcome.kind in RETRYABLE:
+                    retries[outcome.kind] += 1
                 if entry.state == DONE:
                     failures += entry.images_failed
-                    bar.update(entry.images_done + entry.images_failed)
+                    bar.update(work[outcome.shard])
                     bar.set_postfix(failed_images=failures, refresh=False)
-                elif entry.state != FAILED:
+                elif entry.state == PENDING:
                     queue.append(by_index[outcome.shard])
                 else:
-                    bar.update(len(by_index[outcome.shard].records))
+                    bar.update(work[outcome.shard])
+    return retries
 
 
-def _record(outcome: Outcome, entry: ShardEntry, ledger: Ledger, max_attempts: int) -> ShardEntry:
-    if outcome.result is not None:
+def _after_attempt(
+    outcome: Outcome, entry: ShardEntry, ledger: Ledger, max_attempts: int
+) -> ShardEntry:
+    """The ledger's new entry for a shard after one attempt ended."""
+    if outcome.kind == ENDED_DONE:
+        assert outcome.result is not None
         r = outcome.result
         return ledger.write(
             replace(
@@ -224,48 +334,107 @@ def _record(outcome: Outcome, entry: ShardEntry, ledger: Ledger, max_attempts: i
                 traceback=None,
             )
         )
-    if outcome.died is not None and entry.attempts < max_attempts:
-        log.warning(
-            "worker died on shard %d (attempt %d/%d): %s; retrying",
-            entry.shard,
-            entry.attempts,
-            max_attempts,
-            outcome.died,
+    if outcome.kind == INTERRUPTED:  # it never ran: the attempt is given back
+        return replace(entry, state=PENDING, attempts=entry.attempts - 1)
+    if outcome.kind == SETUP:
+        ledger.write(
+            replace(
+                entry,
+                state=PENDING,
+                error=f"worker setup failed: {outcome.error}",
+                traceback=outcome.traceback,
+            )
         )
-        return ledger.write(replace(entry, state="pending", error=outcome.died))
-    message = outcome.error or f"worker died {entry.attempts} times; last: {outcome.died}"
+        raise SetupError(outcome.error or "worker setup failed", outcome.traceback)
+    if outcome.kind in RETRYABLE:
+        retries = {**entry.retries, outcome.kind: entry.retries.get(outcome.kind, 0) + 1}
+        entry = replace(entry, retries=retries, error=outcome.error)
+        if entry.attempts < max_attempts:
+            log.warning(
+                "%s on shard %d (attempt %d/%d): %s; retrying",
+                outcome.kind,
+                entry.shard,
+                entry.attempts,
+                max_attempts,
+                outcome.error,
+            )
+            return ledger.write(replace(entry, state=PENDING))
+        message = (
+            f"gave up after {entry.attempts} attempts ({_causes(retries)}); last: {outcome.error}"
+        )
+    else:
+        assert outcome.kind == ERROR, outcome.kind
+        message = outcome.error or "unknown error"
     log.error("shard %d failed: %s", entry.shard, message)
-    return ledger.write(replace(entry, state=FAILED, error=message, traceback=outcome.traceback))
+    return ledger.write(
+        replace(
+            entry, state=FAILED, error=message, traceback=plain(outcome.traceback or "") or None
+        )
+    )
 
 
-def _coco_info(config: RunConfig, fingerprint: str, vocabulary: gclip.Vocabulary) -> dict[str, Any]:
+def _causes(retries: dict[str, int]) -> str:
+    return ", ".join(f"{n} {cause}" for cause, n in sorted(retries.items()))
+
+
+def _seed(resolution: Resolution) -> str | None:
+    seed = resolution.model.get("random_seed")
+    return None if seed is None else f"random-seed:{seed}"
+
+
+def _coco_info(
+    config: RunConfig, vocabulary: gclip.Vocabulary, resolution: Resolution, fingerprint: str
+) -> dict[str, Any]:
     return {
         "description": "gclip-label pseudo-labels",
         "version": "0.1.0",
+        "format_version": FORMAT_VERSION,
         "model": config.model,
         "pretrained": config.pretrained,
-        "method": config.method,
-        "method_options": config.method_options,
+        "weights_sha256": resolution.model.get("weights_sha256"),
+        "method": config.method.name,
+        "method_options": to_json(resolution.spec.method),
+        "inference": to_json(config.inference),
         "vocabulary_sha256": vocabulary.fingerprint,
         "thresholds": {
             c.name: t for c, t in zip(vocabulary.classes, vocabulary.thresholds, strict=True)
         },
-        "inference": config.inference,
         "fingerprint": fingerprint,
     }
 
 
 def _run_record(
-    config: RunConfig, fingerprint: str, vocabulary: gclip.Vocabulary, started: float, state: str
+    run: PreparedRun,
+    resolution: Resolution | None,
+    fingerprint: str | None,
+    started: float,
+    state: str,
+    error: BaseException | None = None,
 ) -> dict[str, Any]:
-    return {
+    """``run.json``: the config as given and as resolved, with where each setting came from."""
+    record: dict[str, Any] = {
         "state": state,
-        "config": config.to_json(),
+        "format_version": FORMAT_VERSION,
+        "config": run.config.to_json(),
+        "settings_sources": dict(run.config.sources),
         "fingerprint": fingerprint,
-        "vocabulary": vocabulary.to_json(),
+        "vocabulary": run.vocabulary.to_json(),
         "counts": {},
         "timings": {"started": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds")},
     }
+    if resolution is not None:
+        record["resolved"] = {
+            "method": to_json(resolution.spec.method),
+            "model": resolution.model,
+            "sources": resolution.sources,
+        }
+    if error is not None:
+        record["error"] = (
+            error.cause if isinstance(error, SetupError) else f"{type(error).__name__}: {error}"
+        )
+        trace = error.traceback if isinstance(error, SetupError) else traceback.format_exc()
+        record["traceback"] = plain(trace) if trace else None
+    return record
 
 
 def _now() -> str:

@@ -23,8 +23,8 @@ from PIL import Image
 import schemas
 from gclip.metrics import SegmentationScores, confusion_matrix, scores
 from pipeline.coco import CocoLabelMaps
+from pipeline.layout import label_file_name
 from pipeline.storage import Storage, read_bytes
-from pipeline.worker import label_file_name
 
 IGNORE = 255
 GroundTruth = Callable[[dict[str, Any]], "np.ndarray | None"]  # image record -> labels or None

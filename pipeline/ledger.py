@@ -8,10 +8,10 @@ writes is repaired on resume by reading the shard file back.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 
-from pipeline.manifest import shard_name
+from pipeline.layout import LEDGER, ledger_path
 from pipeline.storage import Storage
 
 PENDING, DONE, FAILED = "pending", "done", "failed"
@@ -19,7 +19,14 @@ PENDING, DONE, FAILED = "pending", "done", "failed"
 
 @dataclass(frozen=True, slots=True)
 class ShardEntry:
-    """What the ledger knows of one shard."""
+    """What the ledger knows of one shard.
+
+    Attributes:
+        attempts: attempts started (one given back when a shard was only interrupted).
+        retries: retried attempts by cause: ``died`` (worker lost), ``oom``, ``timeout``.
+        error: the last error, as ``"Class: message"``.
+        traceback: the traceback of a failed shard, when there is one.
+    """
 
     shard: int
     state: str = PENDING
@@ -27,6 +34,7 @@ class ShardEntry:
     images_done: int = 0
     images_failed: int = 0
     seconds: float = 0.0
+    retries: dict[str, int] = field(default_factory=dict)
     error: str | None = None
     traceback: str | None = None
     updated: str = ""
@@ -38,13 +46,9 @@ class Ledger:
     def __init__(self, storage: Storage) -> None:
         self._storage = storage
 
-    @staticmethod
-    def path(shard: int) -> str:
-        return f"ledger/{shard_name(shard)}.json"
-
     def read_all(self) -> dict[int, ShardEntry]:
         entries = {}
-        for relative in self._storage.list("ledger"):
+        for relative in self._storage.list(LEDGER):
             entry = ShardEntry(**json.loads(self._storage.read(relative)))
             entries[entry.shard] = entry
         return entries
@@ -52,6 +56,6 @@ class Ledger:
     def write(self, entry: ShardEntry) -> ShardEntry:
         entry = replace(entry, updated=datetime.now(UTC).isoformat(timespec="seconds"))
         self._storage.write_atomic(
-            self.path(entry.shard), json.dumps(asdict(entry), indent=1).encode()
+            ledger_path(entry.shard), json.dumps(asdict(entry), indent=1).encode()
         )
         return entry

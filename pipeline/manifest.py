@@ -15,6 +15,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
+from pipeline.errors import InputError
+from pipeline.layout import shard_name
 from pipeline.storage import resolve
 
 REQUIRED = ("image_id", "uri")
@@ -26,7 +28,7 @@ OPTIONAL_TYPES = {
 _MAX_LISTED = 5
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError):
     """The manifest cannot be used; the message names the rows or columns and the fix."""
 
 
@@ -40,11 +42,6 @@ class ImageRecord:
     width: int | None = None
     height: int | None = None
     sha256: str | None = None
-
-
-def shard_name(index: int) -> str:
-    """The one name of shard ``index``, shared by its output file and its ledger entry."""
-    return f"shard-{index:06d}"
 
 
 @dataclass(frozen=True, slots=True)

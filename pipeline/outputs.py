@@ -18,15 +18,9 @@ import pyarrow.parquet as pq
 import schemas
 from gclip import Vocabulary
 from pipeline.coco import categories
+from pipeline.layout import ANNOTATIONS, FAILURES, RUN, SUMMARY, shard_path
 from pipeline.storage import Storage
-from pipeline.worker import shard_path
 
-ANNOTATIONS, FAILURES, SUMMARY, RUN = (
-    "annotations.json",
-    "failures.jsonl",
-    "summary.parquet",
-    "run.json",
-)
 _SUMMARY_SCHEMA = pa.schema(
     [
         ("image_id", pa.string()),

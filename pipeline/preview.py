@@ -12,8 +12,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.coco import CocoLabelMaps
 from pipeline.images import decode
+from pipeline.layout import label_file_name
 from pipeline.storage import Storage, read_bytes
-from pipeline.worker import label_file_name
 
 _ALPHA = 0.6
 _MAX_SIDE = 640  # previews are for eyes: the [image | overlay] pair is scaled to about this width

@@ -2,19 +2,98 @@
 
 Writes go to a temporary name in the same folder and are renamed (local) or moved (object
 stores: a server-side copy, which readers see whole or not at all) into place. A crash never
-leaves a half-written file at a final path.
+leaves a half-written file at a final path. Reads that fail transiently (a timeout, a reset
+connection, an HTTP 5xx or throttling answer) are retried with exponential backoff.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import random
+import time
 import uuid
-from collections.abc import Iterator
-from typing import BinaryIO
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO, TypeVar
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Lower-cased fragments of the messages pyarrow, S3 and the OS give for errors that may pass.
+_TRANSIENT = (
+    "timed out",
+    "timeout",
+    "connection reset",
+    "reset by peer",
+    "broken pipe",
+    "connection refused",
+    "connection aborted",
+    "network_connection",
+    "curlcode",
+    "temporarily",
+    "try again",
+    "slow_down",
+    "slowdown",
+    "throttl",
+    "service_unavailable",
+    "service unavailable",
+    "internal_failure",
+    "internalerror",
+    "response code: 5",
+)
+_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Retries of transient errors: ``attempts`` tries, waits doubling from ``first_s``.
+
+    The defaults wait about 0.5 + 1 + 2 + 4 s (with jitter) before giving up.
+    """
+
+    attempts: int = 5
+    first_s: float = 0.5
+    max_s: float = 8.0
+
+    def delay(self, retry: int) -> float:
+        """Seconds before retry number ``retry`` (0-based), with +-25 % jitter."""
+        base = min(self.max_s, self.first_s * 2**retry)
+        return base * random.uniform(0.75, 1.25)
+
+
+READ_BACKOFF = Backoff()
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether a read error may pass on its own (worth retrying), from its type and message."""
+    if isinstance(err, _PERMANENT):
+        return False
+    if isinstance(err, TimeoutError | ConnectionError):
+        return True
+    text = str(err).lower()
+    return isinstance(err, OSError) and any(fragment in text for fragment in _TRANSIENT)
+
+
+def retrying(call: Callable[[], T], what: str, backoff: Backoff | None = None) -> T:
+    """``call()``, retried on transient errors; the last error is raised with the count."""
+    backoff = backoff or READ_BACKOFF
+    for retry in range(backoff.attempts):
+        try:
+            return call()
+        except Exception as err:
+            if not is_transient(err):
+                raise
+            if retry + 1 == backoff.attempts:
+                raise OSError(f"{err} (gave up on {what} after {backoff.attempts} tries)") from err
+            delay = backoff.delay(retry)
+            log.info("transient error on %s (%s); retrying in %.1f s", what, err, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable: the loop returns or raises")
 
 
 def resolve(location: str) -> tuple[pafs.FileSystem, str]:
@@ -43,12 +122,16 @@ def resolve(location: str) -> tuple[pafs.FileSystem, str]:
         raise ValueError(f"Unsupported location {location!r}: {err}") from err
 
 
-def read_bytes(uri: str) -> bytes:
-    """Whole contents of a file named by a path or URI."""
-    fs, path = resolve(uri)
-    with fs.open_input_stream(path) as stream:
-        data: bytes = stream.read()
-    return data
+def read_bytes(uri: str, backoff: Backoff | None = None) -> bytes:
+    """Whole contents of a file named by a path or URI, transient errors retried."""
+
+    def read() -> bytes:
+        fs, path = resolve(uri)
+        with fs.open_input_stream(path) as stream:
+            data: bytes = stream.read()
+        return data
+
+    return retrying(read, uri, backoff)
 
 
 class Storage:
@@ -106,9 +189,12 @@ class Storage:
                 os.remove(temp)
 
     def read(self, relative: str) -> bytes:
-        with self._fs.open_input_stream(self._path(relative)) as stream:
-            data: bytes = stream.read()
-        return data
+        def read() -> bytes:
+            with self._fs.open_input_stream(self._path(relative)) as stream:
+                data: bytes = stream.read()
+            return data
+
+        return retrying(read, self.uri(relative))
 
     def exists(self, relative: str) -> bool:
         return bool(self._fs.get_file_info(self._path(relative)).type == pafs.FileType.File)

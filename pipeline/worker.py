@@ -1,6 +1,6 @@
 """Labelling one shard: decode, segment, encode, write. Knows nothing about Ray.
 
-``process_shard`` is a plain function of a segmenter and a shard; the Ray actor in
+``process_shard`` is a plain function of a segmenter and a shard task; the Ray actor in
 :mod:`pipeline.executors` is a thin shell that builds the segmenter once and calls it.
 The shard file is written last and atomically: its presence means the shard is done, and a
 rerun writes the same bytes to the same path.
@@ -8,29 +8,31 @@ rerun writes the same bytes to the same path.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
-import re
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from PIL import Image
 
-from gclip import InferenceConfig, Segmentation, Vocabulary
+from gclip import InferenceConfig, Vocabulary
 from pipeline import images as image_io
 from pipeline.coco import encode_annotations
-from pipeline.manifest import ImageRecord, Shard, shard_name
+from pipeline.errors import is_out_of_memory
+from pipeline.layout import label_path, shard_path
+from pipeline.manifest import ImageRecord, Shard
+from pipeline.outputs import read_shard
 from pipeline.storage import Storage
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from gclip import Segmentation
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+log = logging.getLogger(__name__)
 
 
 class SegmenterLike(Protocol):
@@ -54,6 +56,25 @@ class ShardSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ShardTask:
+    """One attempt at one shard.
+
+    Attributes:
+        shard: the rows to label.
+        attempt: 1 for the first try.
+        final: no retry follows: an image that runs out of memory on its own is recorded as
+            failed instead of failing the attempt.
+        retry_failed: relabel only the images the shard's file records as failed, and
+            replace the file with the merged result.
+    """
+
+    shard: Shard
+    attempt: int = 1
+    final: bool = True
+    retry_failed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class ShardResult:
     """Counts reported back to the coordinator."""
 
@@ -63,40 +84,91 @@ class ShardResult:
     seconds: float
 
 
-def shard_path(shard_index: int) -> str:
-    return f"shards/{shard_name(shard_index)}.json"
+@dataclass(slots=True)
+class _Labelled:
+    """A shard file's lists, in the manifest's row order once :meth:`ordered`."""
 
+    images: list[dict[str, Any]] = field(default_factory=list)
+    annotations: list[dict[str, Any]] = field(default_factory=list)
+    summary: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
 
-def label_file_name(image_id: str | int) -> str:
-    """A file name for an image's PNG: the id itself when safe, else ``_`` + a hash of it."""
-    text = str(image_id)
-    if _SAFE_NAME.match(text):  # starts alphanumeric: never ".", ".." or a hidden file
-        return f"{text}.png"
-    return f"_{hashlib.sha256(text.encode()).hexdigest()[:24]}.png"
+    def merged(self, previous: dict[str, Any], retried: set[Any]) -> _Labelled:
+        """This retry's lists with the previous file's, minus the retried images' failures."""
+        return _Labelled(
+            previous["images"] + self.images,
+            previous["annotations"] + self.annotations,
+            previous["summary"] + self.summary,
+            [f for f in previous["failures"] if f["image_id"] not in retried] + self.failures,
+        )
+
+    def ordered(self, shard: Shard) -> _Labelled:
+        """Sorted by row (stably: an image's own order stays), so a file is the same whichever
+        attempt labelled which image."""
+        row = {str(r.image_id): r.index for r in shard.records}
+        return _Labelled(
+            sorted(self.images, key=lambda i: i["id"]),
+            sorted(self.annotations, key=lambda a: a["image_id"]),
+            sorted(self.summary, key=lambda s: row[s["image_id"]]),
+            sorted(self.failures, key=lambda f: row[str(f["image_id"])]),
+        )
 
 
 def process_shard(
-    segmenter: SegmenterLike, shard: Shard, settings: ShardSettings, storage: Storage
+    segmenter: SegmenterLike, task: ShardTask, settings: ShardSettings, storage: Storage
 ) -> ShardResult:
-    """Label every image of ``shard`` and write ``shards/shard-NNNNNN.json`` atomically.
+    """Label every image of ``task.shard`` and write ``shards/shard-NNNNNN.json`` atomically.
 
-    Bad images become failure records; an error that fails every image is raised (a bug, or a
-    broken model), so the coordinator fails the shard with its traceback.
+    Bad images become failure records. An error that fails every image is raised (a bug, or a
+    broken model), so the coordinator fails the shard with its traceback; running out of memory
+    is raised too (the coordinator retries the attempt), except on the final attempt, where
+    the images that do not fit on their own are recorded as failed.
     """
     start = time.perf_counter()
-    images_out: list[dict[str, Any]] = []
-    annotations: list[dict[str, Any]] = []
-    summary: list[dict[str, Any]] = []
-    failures: list[dict[str, Any]] = []
+    shard, records, previous = task.shard, task.shard.records, None
+    if task.retry_failed:
+        previous = read_shard(storage, shard.index)
+        failed = {f["image_id"] for f in previous["failures"]}
+        records = tuple(r for r in records if r.image_id in failed)
+    labelled = _label(segmenter, records, settings, storage, task.final, shard.name)
+    if previous is not None:
+        labelled = labelled.merged(previous, {r.image_id for r in records})
+    labelled = labelled.ordered(shard)
+    payload = {
+        "shard": shard.index,
+        "fingerprint": settings.fingerprint,
+        "images": labelled.images,
+        "annotations": labelled.annotations,
+        "failures": labelled.failures,
+        "summary": labelled.summary,
+    }
+    storage.write_atomic(
+        shard_path(shard.index), json.dumps(payload, separators=(",", ":")).encode()
+    )
+    return ShardResult(
+        shard.index, len(labelled.images), len(labelled.failures), time.perf_counter() - start
+    )
+
+
+def _label(
+    segmenter: SegmenterLike,
+    records: Sequence[ImageRecord],
+    settings: ShardSettings,
+    storage: Storage,
+    final: bool,
+    name: str,
+) -> _Labelled:
+    """Decode, segment and encode ``records``; write their PNG label maps if asked."""
+    out = _Labelled()
     segmented = 0
     model_errors: list[Exception] = []
-    for chunk in _chunks(
-        _decoded(shard.records, settings.decode_threads), settings.images_per_call
-    ):
+    for chunk in _chunks(_decoded(records, settings.decode_threads), settings.images_per_call):
         good = [(rec, img) for rec, img in chunk if isinstance(img, np.ndarray)]
         segmented += len(good)
-        failures += [img.to_json() for _, img in chunk if isinstance(img, image_io.ImageFailure)]
-        for rec, img, seg in _segment(segmenter, good, settings, failures, model_errors):
+        out.failures += [
+            img.to_json() for _, img in chunk if isinstance(img, image_io.ImageFailure)
+        ]
+        for rec, img, seg in _segment(segmenter, good, settings, out.failures, model_errors, final):
             image_record = {
                 "id": rec.index,
                 "image_id": rec.image_id,
@@ -105,34 +177,23 @@ def process_shard(
                 "width": int(img.shape[1]),
             }
             if settings.png_labels:
-                label_file = f"labels/{label_file_name(rec.image_id)}"
+                label_file = label_path(rec.image_id)
                 storage.write_atomic(label_file, _png(seg.labels_hw, settings.vocabulary))
                 image_record["label_file"] = label_file
-            images_out.append(image_record)
+            out.images.append(image_record)
             image_annotations = encode_annotations(
                 seg.labels_hw, seg.confidence_hw, settings.vocabulary, rec.index
             )
-            annotations += image_annotations
-            summary += _summary_rows(
+            out.annotations += image_annotations
+            out.summary += _summary_rows(
                 rec, image_annotations, seg.labels_hw.size, settings.vocabulary
             )
-    if segmented and not images_out:
+    if segmented and not out.images:
         # Every decodable image failed inside the model: that is a bug or a broken model, not
         # bad input, so the shard fails (with a traceback) instead of recording N failures.
-        error = RuntimeError(f"every image of {shard.name} failed in segmentation")
+        error = RuntimeError(f"every image of {name} failed in segmentation")
         raise error from model_errors[-1]
-    payload = {
-        "shard": shard.index,
-        "fingerprint": settings.fingerprint,
-        "images": images_out,
-        "annotations": annotations,
-        "failures": failures,
-        "summary": summary,
-    }
-    storage.write_atomic(
-        shard_path(shard.index), json.dumps(payload, separators=(",", ":")).encode()
-    )
-    return ShardResult(shard.index, len(images_out), len(failures), time.perf_counter() - start)
+    return out
 
 
 def _segment(
@@ -141,8 +202,13 @@ def _segment(
     settings: ShardSettings,
     failures: list[dict[str, Any]],
     errors: list[Exception],
+    final: bool,
 ) -> Iterator[tuple[ImageRecord, np.ndarray, Segmentation]]:
-    """Segment a chunk together; if that fails, image by image so one bad image is isolated."""
+    """Segment a chunk together; if that fails, image by image so one bad image is isolated.
+
+    Out of memory is not an image's fault until the final attempt: before it, it fails the
+    attempt, which the coordinator retries.
+    """
     if not good:
         return
     try:
@@ -151,7 +217,9 @@ def _segment(
         )
         yield from ((rec, img, seg) for (rec, img), seg in zip(good, results, strict=True))
         return
-    except Exception:
+    except Exception as err:
+        if is_out_of_memory(err) and not final:
+            raise
         log.warning(
             "a chunk of %d images failed; retrying them one by one", len(good), exc_info=True
         )
@@ -159,6 +227,8 @@ def _segment(
         try:
             [seg] = segmenter.segment([img], settings.vocabulary, settings.inference)
         except Exception as err:  # per-image boundary
+            if is_out_of_memory(err) and not final:
+                raise
             errors.append(err)
             failures.append(
                 image_io.ImageFailure(rec.image_id, rec.uri, type(err).__name__, str(err)).to_json()
@@ -187,6 +257,7 @@ def _decoded(
 
 
 def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    """``items`` in lists of ``size`` (the last may be shorter)."""
     chunk: list[Any] = []
     for item in items:
         chunk.append(item)

@@ -24,31 +24,19 @@ def held_out_scenes(count: int, size: int = 128):
     return [generate_scene(rng, (size, size), max_shapes=6) for _ in range(count)]
 
 
-def evaluate(
-    method: str, scenes, config: gclip.InferenceConfig
-) -> gclip.metrics.SegmentationScores:
-    loaded = gclip.load_model(gclip.DEMO_MODEL)
-    segmenter = gclip.Segmenter.from_open_clip(
-        loaded.model,
-        loaded.tokenizer,
-        method=method,
-        templates=loaded.templates,
-        **_options(method, loaded),
+def evaluate(method: str, scenes, pamr: bool) -> gclip.metrics.SegmentationScores:
+    # The demo checkpoint ships its scale (short side 128, windows 64/32, PAMR dilations 2/4).
+    segmenter = gclip.load_segmenter(
+        gclip.DEMO_MODEL, method=method, inference={"batch_size": 32, "pamr": pamr}
     )
     vocabulary = gclip.parse_text(vocabulary_text())
     confusion = np.zeros((len(CLASS_NAMES), len(CLASS_NAMES) + 1), np.int64)
     for start in range(0, len(scenes), 8):
         chunk = scenes[start : start + 8]
-        results = segmenter.segment([s.image_hwc_uint8 for s in chunk], vocabulary, config)
+        results = segmenter.segment([s.image_hwc_uint8 for s in chunk], vocabulary)
         for scene, result in zip(chunk, results, strict=True):
             confusion += confusion_matrix(scene.labels_hw, result.labels_hw, len(CLASS_NAMES))
     return scores(confusion)
-
-
-def _options(method: str, loaded: gclip.LoadedModel) -> dict:
-    if method != "gclip":
-        return {}
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in loaded.recommended.items()}
 
 
 def main() -> None:
@@ -58,21 +46,15 @@ def main() -> None:
     parser.add_argument("--pamr", action="store_true", help="refine with PAMR (dilations 2, 4)")
     args = parser.parse_args()
     scenes = held_out_scenes(args.scenes)
-    crop = int(gclip.load_model(gclip.DEMO_MODEL).model.visual.image_size[0])  # the training side
-    # PAMR's dilations are in pixels: 8 and 16 suit 448-pixel images, 2 and 4 these scenes.
-    config = gclip.InferenceConfig(
-        short_side=None,
-        crop=crop,
-        stride=crop // 2,
-        batch_size=32,
-        pamr=args.pamr,
-        pamr_dilations=(2, 4),
+    shipped = gclip.load_segmenter(gclip.DEMO_MODEL).inference
+    print(
+        f"{args.scenes} held-out scenes 128x128, the checkpoint's settings (short side "
+        f"{shipped.short_side}, windows {shipped.crop}/{shipped.stride}), PAMR {args.pamr}\n"
     )
-    print(f"{args.scenes} held-out scenes 128x128, windows {crop}/{crop // 2}, PAMR {args.pamr}\n")
     print("| method | mIoU | pixel acc |")
     print("|---|---|---|")
     for method in args.method:
-        s = evaluate(method, scenes, config)
+        s = evaluate(method, scenes, args.pamr)
         print(f"| {method} | {s.miou:.3f} | {s.pixel_accuracy:.3f} |", flush=True)
 
 

@@ -154,8 +154,18 @@ def save(model: open_clip.CLIP, cfg: dict, out: Path) -> None:
     (out / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
     state = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / "open_clip_model.safetensors"))
+    side = cfg["vision_cfg"]["image_size"]
     extras = {
         "method_options": method_options(cfg["vision_cfg"]["layers"]),
+        # The scale it was trained at: shapes keep their training radii in scenes of 128 px
+        # (two crops) a side, read in windows of one training crop; PAMR's dilations are in
+        # pixels (8 and 16 suit 448-pixel inputs, 2 and 4 these).
+        "inference": {
+            "short_side": 2 * side,
+            "crop": side,
+            "stride": side // 2,
+            "pamr_dilations": [2, 4],
+        },
         "templates": list(TEMPLATES),
         "classes": list(CLASS_NAMES),
     }

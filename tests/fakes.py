@@ -10,9 +10,15 @@ from gclip import Segmentation
 class BrightnessSegmenter:
     """Class 1 where a pixel is bright (mean > 127), else class 0; confidence 0.5 + |m-127.5|/255 (in [0.5, 1])."""
 
-    def __init__(self, fail_on_width: int | None = None, always_fail: bool = False) -> None:
+    def __init__(
+        self,
+        fail_on_width: int | None = None,
+        always_fail: bool = False,
+        error: type[Exception] = ValueError,
+    ) -> None:
         self.fail_on_width = fail_on_width
         self.always_fail = always_fail
+        self.error = error
         self.calls = 0
 
     def segment(self, images, vocabulary, config=None):
@@ -22,7 +28,7 @@ class BrightnessSegmenter:
         out = []
         for image in images:
             if image.shape[1] == self.fail_on_width:
-                raise MemoryError(f"width {image.shape[1]} does not fit")
+                raise self.error(f"width {image.shape[1]} does not fit")
             m = image.astype(np.float32).mean(axis=2)
             labels = (m > 127).astype(np.uint8)
             out.append(Segmentation(labels, (0.5 + np.abs(m - 127.5) / 255).astype(np.float32)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -49,7 +50,13 @@ def test_training_script_runs_a_few_steps(tmp_path):
         assert torch.equal(value, again.state_dict()[key]), key
     train.save(model, cfg, tmp_path)
     loaded = gclip.load_model(f"local-dir:{tmp_path}")
-    assert loaded.recommended == {"global_blocks": [0, 1], "cs_start_block": 1}
+    assert loaded.shipped.method_options == {"global_blocks": [0, 1], "cs_start_block": 1}
+    assert loaded.shipped.inference == {
+        "short_side": 128,
+        "crop": 64,
+        "stride": 32,
+        "pamr_dilations": [2, 4],
+    }
     assert train.method_options(4) == {"global_blocks": [1, 2], "cs_start_block": 2}
     assert train.method_options(2) == {"global_blocks": [0], "cs_start_block": 0}
     assert json.loads((tmp_path / "gclip.json").read_text())["classes"] == list(CLASS_NAMES)
@@ -57,11 +64,7 @@ def test_training_script_runs_a_few_steps(tmp_path):
 
 @pytest.fixture(scope="module")
 def demo_segmenter():
-    loaded = gclip.load_model(gclip.DEMO_MODEL)
-    options = {k: tuple(v) if isinstance(v, list) else v for k, v in loaded.recommended.items()}
-    return gclip.Segmenter.from_open_clip(
-        loaded.model, loaded.tokenizer, templates=loaded.templates, **options
-    )
+    return gclip.load_segmenter(gclip.DEMO_MODEL)
 
 
 @pytest.mark.parametrize(("pamr", "floor"), [(False, 0.75), (True, 0.85)])
@@ -69,9 +72,9 @@ def test_demo_model_labels_land_on_the_objects(demo_segmenter, pamr, floor):
     """Held-out scenes (a seed training never draws): GCLIP's labels match the ground truth."""
     rng = np.random.default_rng(777)
     scenes = [generate_scene(rng, (128, 128), max_shapes=6) for _ in range(16)]
-    config = gclip.InferenceConfig(
-        short_side=None, crop=64, stride=32, pamr=pamr, pamr_dilations=(2, 4)
-    )
+    # the checkpoint's own settings: short side 128 (these scenes' size), windows 64/32
+    config = dataclasses.replace(demo_segmenter.inference, pamr=pamr)
+    assert (config.short_side, config.crop, config.stride) == (128, 64, 32)
     vocabulary = gclip.parse_text(vocabulary_text())
     results = demo_segmenter.segment([s.image_hwc_uint8 for s in scenes], vocabulary, config)
     confusion = sum(

@@ -13,8 +13,8 @@ from test_pipeline_local import make_dataset
 import schemas
 from jobs import evaluate as evaluate_job
 from jobs import preview as preview_job
-from pipeline import InProcessExecutor, RunConfig, run_labelling
-from pipeline.worker import label_file_name
+from pipeline import LocalBackend, RunConfig, run_labelling
+from pipeline.layout import label_file_name
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def finished_run(tmp_path):
         shard_size=2,
     )
     assert run_labelling(
-        config, lambda c, s: InProcessExecutor(BrightnessSegmenter(), s, c.output)
+        config, LocalBackend(BrightnessSegmenter())
     ).ok
     return root
 

@@ -11,7 +11,15 @@ from test_pipeline_local import make_dataset
 
 from jobs import label as label_job
 from jobs import status as status_job
-from pipeline import InProcessExecutor, RunConfig, SegmenterSpec, load_run_config, run_labelling
+from gclip import MethodConfig
+from pipeline import (
+    InputError,
+    LocalBackend,
+    RunConfig,
+    SegmenterSpec,
+    load_run_config,
+    run_labelling,
+)
 from pipeline.cli import overrides, parse_args
 
 
@@ -28,10 +36,12 @@ def test_flags_override_the_config_file(tmp_path):
         ["--shard-size", "5", "--stride", "56", "--method-options", '{"naclip_sigma": 3}']
     )
     config = load_run_config(file_values, overrides(args))
-    assert config.shard_size == 5 and config.method == "naclip"
-    assert config.inference == {"crop": 224, "stride": 56}
-    assert config.method_config().naclip_sigma == 3
-    assert config.inference_config().crop == 224
+    assert config.shard_size == 5 and config.method.name == "naclip"
+    assert (config.inference.crop, config.inference.stride) == (224, 56)
+    assert config.method.naclip_sigma == 3
+    assert config.sources["inference.stride"] == "flag"
+    assert config.sources["inference.crop"] == "config file"
+    assert "inference.short_side" not in config.sources  # a default
 
 
 @pytest.mark.parametrize(
@@ -62,7 +72,7 @@ def test_flags_override_the_config_file(tmp_path):
     ],
 )
 def test_bad_configs_fail_clearly(values, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(InputError, match=match):
         load_run_config(None, values)
 
 
@@ -77,7 +87,7 @@ def test_block_indices_are_checked_against_the_model():
         },
     )
     with pytest.raises(ValueError, match="global_blocks"):  # known once the model's depth is
-        SegmenterSpec("demo", None, "gclip", config.method_options)()
+        SegmenterSpec("demo", None, config.method)()
 
 
 def test_label_job_rejects_bad_input_fast(tmp_path, capsys):
@@ -120,13 +130,11 @@ def test_status_reads_the_ledger(tmp_path, capsys):
         output=str(root / "out"),
         shard_size=3,
     )
-    run_labelling(
-        config, lambda c, s: InProcessExecutor(BrightnessSegmenter(always_fail=True), s, c.output)
-    )
+    run_labelling(config, LocalBackend(BrightnessSegmenter(always_fail=True)))
     assert status_job.main([str(root / "out"), "--tracebacks"]) == 1
     out = capsys.readouterr().out
     assert "0 done, 3 failed" in out and "ZeroDivisionError" in out
-    run_labelling(config, lambda c, s: InProcessExecutor(BrightnessSegmenter(), s, c.output))
+    run_labelling(config, LocalBackend(BrightnessSegmenter()))
     assert status_job.main([str(root / "out")]) == 0
     assert "3 done, 0 failed" in capsys.readouterr().out
     assert status_job.main([str(tmp_path / "nothing")]) == 2
@@ -134,11 +142,7 @@ def test_status_reads_the_ledger(tmp_path, capsys):
 
 def test_label_job_summarises_failed_images(tmp_path, capsys, monkeypatch):
     root = make_dataset(tmp_path, broken=(1, 2, 5))  # 1, 5: empty files; 2: garbage bytes
-    monkeypatch.setattr(
-        label_job,
-        "ray_executor_factory",
-        lambda c, s: InProcessExecutor(BrightnessSegmenter(), s, c.output),
-    )
+    monkeypatch.setattr(label_job, "RayBackend", lambda address: LocalBackend(BrightnessSegmenter()))
     code = label_job.main(
         [
             "--manifest",

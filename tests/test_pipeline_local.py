@@ -14,9 +14,10 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 import schemas
-from pipeline import ConfigChangedError, InProcessExecutor, RunConfig, run_labelling
+from gclip import InferenceConfig, MethodConfig
+from pipeline import ConfigChangedError, LocalBackend, RunConfig, run_labelling
 from pipeline.coco import decode_label_map
-from pipeline.worker import label_file_name
+from pipeline.layout import label_file_name
 
 
 def make_dataset(root, count=7, broken=()):
@@ -50,15 +51,13 @@ def config_for(root, **kw):
     )
 
 
-def fake_executor(segmenter=None):
-    return lambda config, settings: InProcessExecutor(
-        segmenter or BrightnessSegmenter(), settings, config.output
-    )
+def fake_backend(segmenter=None):
+    return LocalBackend(segmenter or BrightnessSegmenter())
 
 
 def test_outputs_decode_to_the_labels_and_validate(tmp_path):
     root = make_dataset(tmp_path, broken=(5,))
-    summary = run_labelling(config_for(root, png_labels=True), fake_executor())
+    summary = run_labelling(config_for(root, png_labels=True), fake_backend())
     assert (
         summary.ok
         and summary.shards == 3
@@ -110,14 +109,14 @@ def test_outputs_decode_to_the_labels_and_validate(tmp_path):
 def test_resume_skips_finished_shards_and_rewrites_nothing(tmp_path):
     root = make_dataset(tmp_path)
     config = config_for(root)
-    run_labelling(config, fake_executor())
+    run_labelling(config, fake_backend())
     out = root / "out"
     first = (out / "annotations.json").read_bytes()
     stamps = {p: p.stat().st_mtime_ns for p in (out / "shards").iterdir()}
     (out / "ledger" / "shard-000001.json").unlink()  # a crash between shard file and ledger write
     (out / "shards" / "shard-000002.json").unlink()  # a shard that never finished
     segmenter = BrightnessSegmenter()
-    run_labelling(config, fake_executor(segmenter))
+    run_labelling(config, fake_backend(segmenter))
     assert segmenter.calls == 1  # only shard 2 (one chunk) ran again
     assert (out / "annotations.json").read_bytes() == first
     for path, stamp in stamps.items():
@@ -127,68 +126,73 @@ def test_resume_skips_finished_shards_and_rewrites_nothing(tmp_path):
 
 def test_changed_settings_are_refused_unless_asked(tmp_path):
     root = make_dataset(tmp_path)
-    run_labelling(config_for(root), fake_executor())
+    run_labelling(config_for(root), fake_backend())
     with pytest.raises(ConfigChangedError, match="--allow-config-change"):
-        run_labelling(config_for(root, method="clearclip"), fake_executor())
+        run_labelling(config_for(root, method=MethodConfig(name="clearclip")), fake_backend())
     (root / "vocab.txt").write_text("dark\nbright\nmedium\n")
     with pytest.raises(ConfigChangedError):
-        run_labelling(config_for(root), fake_executor())
-    run_labelling(config_for(root), fake_executor(), allow_config_change=True)
+        run_labelling(config_for(root), fake_backend())
+    run_labelling(config_for(root), fake_backend(), allow_config_change=True)
     # batch size changes no label: resuming with another one is fine
     run_labelling(
-        config_for(root, inference={"batch_size": 3}), fake_executor(), allow_config_change=False
+        config_for(root, inference=InferenceConfig(batch_size=3)),
+        fake_backend(),
+        allow_config_change=False,
     )
 
 
 def test_a_bug_fails_the_shard_with_its_traceback(tmp_path):
     root = make_dataset(tmp_path)
-    summary = run_labelling(config_for(root), fake_executor(BrightnessSegmenter(always_fail=True)))
+    summary = run_labelling(config_for(root), fake_backend(BrightnessSegmenter(always_fail=True)))
     assert not summary.ok and summary.shards_failed == 3
     entry = json.loads((root / "out" / "ledger" / "shard-000000.json").read_text())
     assert entry["state"] == "failed" and "ZeroDivisionError" in entry["traceback"]
     assert json.loads((root / "out" / "run.json").read_text())["state"] == "failed"
     # the next run retries failed shards and, with the bug fixed, finishes
-    assert run_labelling(config_for(root), fake_executor()).ok
+    assert run_labelling(config_for(root), fake_backend()).ok
 
 
 def test_one_image_failing_in_the_model_is_isolated(tmp_path):
     root = make_dataset(tmp_path)
-    summary = run_labelling(
-        config_for(root), fake_executor(BrightnessSegmenter(fail_on_width=12 + 0))
-    )
+    summary = run_labelling(config_for(root), fake_backend(BrightnessSegmenter(fail_on_width=12)))
     # every image is 12 wide here, so every model call fails: that is a bug, shards fail
-    assert summary.shards_failed == 3
+    assert summary.shards_failed == 3 and summary.retries == {}
     root2 = make_dataset(tmp_path / "b")
     img = root2 / "img" / "4.png"
     Image.fromarray(np.zeros((5, 30, 3), np.uint8)).save(img)
-    summary = run_labelling(config_for(root2), fake_executor(BrightnessSegmenter(fail_on_width=30)))
+    summary = run_labelling(config_for(root2), fake_backend(BrightnessSegmenter(fail_on_width=30)))
     assert summary.ok and summary.images_failed == 1 and summary.images_labelled == 6
     failure = json.loads((root2 / "out" / "failures.jsonl").read_text())
-    assert failure["image_id"] == "im4" and failure["error"] == "MemoryError"
+    assert failure["image_id"] == "im4" and failure["error"] == "ValueError"
 
 
 def test_atomic_writes_leave_no_temporaries(tmp_path):
     root = make_dataset(tmp_path)
-    run_labelling(config_for(root, png_labels=True), fake_executor())
+    run_labelling(config_for(root, png_labels=True), fake_backend())
     leftovers = [p for p in (root / "out").rglob("*") if p.name.startswith(".tmp-")]
     assert leftovers == []
     assert sorted(os.listdir(root / "out" / "shards")) == [f"shard-{i:06d}.json" for i in range(3)]
 
 
 def test_auto_global_blocks_calibrate_on_the_manifests_first_images(tmp_path):
-    """Workers agree on the fused blocks: all calibrate on the same manifest images."""
+    """Workers agree on the fused blocks: the recipe is resolved once, on the same images."""
+    from pipeline import prepare_run
     from pipeline.manifest import first_uris
-    from pipeline.ray_session import segmenter_spec
+    from pipeline.recipe import SegmenterSpec, resolve_recipe
 
     root = make_dataset(tmp_path, count=5)
-    config = config_for(root, model="demo", method_options={"global_blocks": "auto"})
-    spec = segmenter_spec(config, calibration_images=3)
-    assert spec.calibration_uris == tuple(first_uris(config.manifest, 3))
-    assert spec.calibration_uris == tuple(str(root / "img" / f"{i}.png") for i in range(3))
-    a, b = spec(), spec()
-    assert (
-        isinstance(a.method.global_blocks, tuple)
-        and a.method.global_blocks == b.method.global_blocks
-    )
-    fixed = config_for(root, model="demo", method_options={"global_blocks": [1, 2]})
-    assert segmenter_spec(fixed).calibration_uris == ()
+    config = config_for(root, model="demo", method=MethodConfig(global_blocks="auto"))
+    run = prepare_run(config)
+    assert run.calibration_uris == tuple(first_uris(config.manifest, 5))
+    assert run.calibration_uris == tuple(str(root / "img" / f"{i}.png") for i in range(5))
+    spec = SegmenterSpec("demo", None, config.method)
+    a, b = (resolve_recipe(spec, run.calibration_uris, 64) for _ in range(2))
+    blocks = a.spec.method.global_blocks
+    assert isinstance(blocks, tuple) and blocks == b.spec.method.global_blocks
+    assert a.sources == {
+        "method.global_blocks": "calibration",
+        "method.cs_start_block": "calibration",
+    }
+    assert a.spec.method.cs_start_block == blocks[0]
+    fixed = config_for(root, model="demo", method=MethodConfig(global_blocks=(1, 2)))
+    assert prepare_run(fixed).calibration_uris == ()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import InProcessExecutor, RayExecutor, RunConfig, SegmenterSpec, run_labelling
+from pipeline import LocalBackend, RayBackend, RunConfig, load_run_config, run_labelling
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -29,61 +29,59 @@ def ray_local():
     ray.shutdown()
 
 
-def demo_config(output, **kw) -> RunConfig:
-    return RunConfig(
-        manifest=str(DEMO / "manifest.parquet"),
-        vocabulary=str(DEMO / "vocabulary.txt"),
-        output=str(output),
-        model="demo",
-        shard_size=3,
-        inference={"short_side": 64, "crop": 64, "stride": 32},
-        **kw,
-    )
-
-
-def in_process(config, settings):
-    return InProcessExecutor(SegmenterSpec("demo", None, "gclip"), settings, config.output)
+def demo_config(output, **flags) -> RunConfig:
+    """The demo model under its shipped settings, with the driver test's scale."""
+    values = {
+        "manifest": str(DEMO / "manifest.parquet"),
+        "vocabulary": str(DEMO / "vocabulary.txt"),
+        "output": str(output),
+        "model": "demo",
+        "shard_size": 3,
+        "inference": {"short_side": 64, "crop": 64, "stride": 32},
+        **flags,
+    }
+    return load_run_config(None, values)
 
 
 @pytest.fixture(scope="module")
 def clean_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("clean")
-    assert run_labelling(demo_config(out), in_process).ok
+    assert run_labelling(demo_config(out), LocalBackend()).ok
     return (out / "annotations.json").read_bytes()
 
 
 def test_ray_run_equals_in_process_run(ray_local, tmp_path, clean_run):
-    def factory(config, settings):
-        return RayExecutor(
-            SegmenterSpec("demo", None, "gclip"), settings, config.output, num_workers=2
-        )
-
-    assert run_labelling(demo_config(tmp_path), factory).ok
+    assert run_labelling(demo_config(tmp_path, num_workers=2), RayBackend()).ok
     assert (tmp_path / "annotations.json").read_bytes() == clean_run
 
 
-def test_killed_worker_is_retried(ray_local, tmp_path, clean_run):
-    killed = []
+class KillingBackend(RayBackend):
+    """Kills the worker's process right after shard 2 is submitted."""
 
-    def factory(config, settings):
-        executor = RayExecutor(
-            SegmenterSpec("demo", None, "gclip"), settings, config.output, num_workers=1
-        )
-        pid = ray_local.get(executor.actors[0].pid.remote())
+    def __init__(self, ray):
+        super().__init__()
+        self.ray, self.killed = ray, []
+
+    def executor(self, config, spec, settings):
+        executor = super().executor(config, spec, settings)
+        pid = self.ray.get(executor.actors[0].pid.remote())
         submit = executor.submit
 
-        def submit_then_kill(shard):
-            submit(shard)
-            if shard.index == 2 and not killed:
+        def submit_then_kill(task):
+            submit(task)
+            if task.shard.index == 2 and not self.killed:
                 time.sleep(0.2)
                 os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
+                self.killed.append(pid)
 
         executor.submit = submit_then_kill
         return executor
 
-    summary = run_labelling(demo_config(tmp_path), factory)
-    assert killed and summary.ok
+
+def test_killed_worker_is_retried(ray_local, tmp_path, clean_run):
+    backend = KillingBackend(ray_local)
+    summary = run_labelling(demo_config(tmp_path), backend)
+    assert backend.killed and summary.ok and summary.retries == {"died": 1}
     attempts = {json.loads(p.read_text())["attempts"] for p in (tmp_path / "ledger").iterdir()}
     assert 2 in attempts  # at least one shard needed a second attempt
     assert (tmp_path / "annotations.json").read_bytes() == clean_run

@@ -17,7 +17,7 @@ import pytest
 from fakes import BrightnessSegmenter
 from PIL import Image
 
-from pipeline import InProcessExecutor, RunConfig, run_labelling
+from pipeline import LocalBackend, RunConfig, run_labelling
 from pipeline.storage import Storage
 
 pytestmark = pytest.mark.slow
@@ -93,9 +93,7 @@ def test_labelling_from_and_to_s3(s3_env, tmp_path):
         shard_size=2,
         png_labels=True,
     )
-    summary = run_labelling(
-        config, lambda c, s: InProcessExecutor(BrightnessSegmenter(), s, c.output)
-    )
+    summary = run_labelling(config, LocalBackend(BrightnessSegmenter()))
     assert summary.ok and summary.images_labelled == 4 and summary.images_failed == 1
     storage = Storage("s3://labels/run1")
     coco = json.loads(storage.read("annotations.json"))
@@ -108,7 +106,7 @@ def test_labelling_from_and_to_s3(s3_env, tmp_path):
     # resume on S3: nothing left to do, same bytes
     before = storage.read("annotations.json")
     segmenter = BrightnessSegmenter()
-    run_labelling(config, lambda c, s: InProcessExecutor(segmenter, s, c.output))
+    run_labelling(config, LocalBackend(segmenter))
     assert segmenter.calls == 0 and storage.read("annotations.json") == before
 
 

@@ -1,0 +1,59 @@
+"""How a run can fail, by who must act: the user's input, the run's setup, or a shard.
+
+The job's exit code follows the class: :class:`InputError` is bad input found before any work
+(exit 2); :class:`SetupError` means the model or a worker could not be built, so the run ended
+before or while starting its workers (exit 1, no retries: retrying would fail the same way);
+anything else escaping a run is a crash (exit 1 with its traceback).
+"""
+
+from __future__ import annotations
+
+import re
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class InputError(ValueError):
+    """The input cannot work (config, manifest, vocabulary, weights source, output folder)."""
+
+
+class ConfigChangedError(InputError):
+    """The output folder holds a run made with other labelling settings or an older format."""
+
+
+class SetupError(RuntimeError):
+    """The segmenter could not be built (unreadable weights, options the model rejects).
+
+    Attributes:
+        cause: ``"ExceptionClass: message"`` of the underlying error, free of colour codes.
+        traceback: its traceback as text, when known.
+    """
+
+    def __init__(self, cause: str, traceback: str | None = None) -> None:
+        super().__init__(cause)
+        self.cause = cause
+        self.traceback = traceback
+
+    def __reduce__(self) -> tuple[type[SetupError], tuple[str, str | None]]:
+        return SetupError, (self.cause, self.traceback)
+
+
+def plain(text: str) -> str:
+    """``text`` without terminal colour codes (Ray colours its tracebacks)."""
+    return _ANSI.sub("", text)
+
+
+def describe(err: BaseException) -> str:
+    """``"ExceptionClass: message"``, the form errors take in the ledger and on stderr."""
+    return plain(f"{type(err).__name__}: {err}")
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Host ``MemoryError``, CUDA's ``OutOfMemoryError`` or a memory-monitor kill by Ray.
+
+    Matched by name and message so this module needs neither torch nor Ray.
+    """
+    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
+        return True
+    text = str(err).lower()
+    return "out of memory" in text or "running low on memory" in text
