@@ -22,8 +22,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+import gclip
 from gclip.demo_world import generate_scene, vocabulary_text
-from pipeline import RunConfig, SegmenterSpec, ray_executor_factory, run_labelling
+from pipeline import RayBackend, load_run_config, run_labelling
 
 
 def make_images(folder: Path, count: int, size: int) -> list[np.ndarray]:
@@ -48,26 +49,24 @@ def main() -> None:
     parser.add_argument("--pretrained", default=None)
     parser.add_argument("--shard-size", type=int, default=16)
     args = parser.parse_args()
-    inference = {"short_side": None, "crop": 64, "stride": 32, "batch_size": 32}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         arrays = make_images(folder, args.images, args.size)
-        config = RunConfig(
-            manifest=str(folder / "manifest.parquet"),
-            vocabulary=str(folder / "vocabulary.txt"),
-            output=str(folder / "out"),
-            model=args.model,
-            pretrained=args.pretrained,
-            inference=inference,
-            shard_size=args.shard_size,
-            num_workers=1,
-        )
+        values = {
+            "manifest": str(folder / "manifest.parquet"),
+            "vocabulary": str(folder / "vocabulary.txt"),
+            "output": str(folder / "out"),
+            "model": args.model,
+            "pretrained": args.pretrained,
+            "inference": {"short_side": None, "batch_size": 32},  # windows: the model's own
+            "shard_size": args.shard_size,
+            "num_workers": 1,
+        }
+        config = load_run_config(values, {})
         # Bare segmenter: the same model, settings and call size as the worker uses.
-        segmenter = SegmenterSpec(args.model, args.pretrained, "gclip")()
-        import gclip
-
+        segmenter = gclip.load_segmenter(args.model, args.pretrained, config.method)
         vocabulary = gclip.parse_text(vocabulary_text())
-        settings = config.inference_config()
+        settings = config.inference
         segmenter.segment(arrays[:2], vocabulary, settings)  # warm-up
         start = time.perf_counter()
         for i in range(0, len(arrays), config.images_per_call):
@@ -75,7 +74,7 @@ def main() -> None:
         bare_s = time.perf_counter() - start
 
         start = time.perf_counter()
-        summary = run_labelling(config, ray_executor_factory)  # starts and stops an embedded Ray
+        summary = run_labelling(config, RayBackend())  # starts and stops an embedded Ray
         wall_s = time.perf_counter() - start
         # Steady state: every shard but the first, whose time includes the worker's warm-up
         # (first forward, text embeddings).

@@ -14,6 +14,7 @@ import sys
 
 import schemas
 from pipeline.evaluation import evaluate
+from pipeline.layout import EVALUATION, EVALUATION_TABLE
 from pipeline.storage import Storage
 
 
@@ -40,11 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     report = result.to_json()
     schemas.validate(report, "evaluation")
     storage = Storage(args.predictions)
-    storage.write_atomic("evaluation.json", json.dumps(report, indent=1).encode())
-    storage.write_atomic("evaluation.md", (result.table() + "\n").encode())
+    storage.write_atomic(EVALUATION, json.dumps(report, indent=1).encode())
+    storage.write_atomic(EVALUATION_TABLE, (result.table() + "\n").encode())
     print(result.table())
     print(
-        f"\n{result.images} images scored; written to {storage.uri('evaluation.json')} and evaluation.md"
+        f"\n{result.images} images scored; written to {storage.uri(EVALUATION)} and {EVALUATION_TABLE}"
     )
     if result.missing:
         print(

@@ -62,16 +62,20 @@ class LocalBackend:
 
 
 class RayBackend:
-    """Ray, connected on first use: resolution in a task, labelling on one actor per worker."""
+    """Ray, connected on first use: resolution in a task, labelling on one actor per worker.
+    ``factory`` stands in for the model on every actor, as in :class:`LocalBackend`."""
 
-    def __init__(self, address: str | None = None) -> None:
+    def __init__(self, address: str | None = None, factory: SegmenterFactory | None = None) -> None:
         self._address = address
+        self._factory = factory
         self._owns_ray: bool | None = None
 
     def resolve(
         self, spec: SegmenterSpec, calibration_uris: tuple[str, ...], side: int
     ) -> Resolution:
         ray = self._ray()
+        if self._factory is not None:
+            return Resolution(spec)
         # A Ray task retries a lost worker (max_retries) but not an error of ours.
         task = ray.remote(num_cpus=1, max_retries=2)(resolve_recipe)
         try:
@@ -84,7 +88,7 @@ class RayBackend:
     def executor(self, config: RunConfig, spec: SegmenterSpec, settings: ShardSettings) -> Executor:
         self._ray()
         return RayExecutor(
-            spec,
+            self._factory or spec,
             settings,
             config.output,
             config.num_workers,

@@ -23,7 +23,7 @@ from PIL import Image
 import schemas
 from gclip.metrics import SegmentationScores, confusion_matrix, scores
 from pipeline.coco import CocoLabelMaps
-from pipeline.layout import label_file_name
+from pipeline.layout import ANNOTATIONS, label_file_name
 from pipeline.storage import Storage, read_bytes
 
 IGNORE = 255
@@ -67,7 +67,7 @@ class Evaluation:
 
 def evaluate(predictions: str, ground_truth: str, values: str = "indices") -> Evaluation:
     """Score ``predictions`` (a run's output folder) against ``ground_truth``."""
-    coco = json.loads(Storage(predictions).read("annotations.json"))
+    coco = json.loads(Storage(predictions).read(ANNOTATIONS))
     schemas.validate(coco, "annotations")
     categories = coco["categories"]
     predicted_maps = CocoLabelMaps(coco)

@@ -17,6 +17,7 @@ ANNOTATIONS = "annotations.json"
 FAILURES = "failures.jsonl"
 SUMMARY = "summary.parquet"
 SHARDS, LEDGER, LABELS = "shards", "ledger", "labels"
+EVALUATION, EVALUATION_TABLE, PREVIEWS = "evaluation.json", "evaluation.md", "previews"
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 

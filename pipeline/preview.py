@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.coco import CocoLabelMaps
 from pipeline.images import decode
-from pipeline.layout import label_file_name
+from pipeline.layout import ANNOTATIONS, PREVIEWS, label_file_name
 from pipeline.storage import Storage, read_bytes
 
 _ALPHA = 0.6
@@ -73,12 +73,10 @@ def _with_legend(picture: Image.Image, entries: list[tuple[str, tuple[int, ...]]
     return canvas
 
 
-def write_previews(
-    output: str, count: int = 8, seed: int = 0, folder: str = "previews"
-) -> list[str]:
+def write_previews(output: str, count: int = 8, seed: int = 0, folder: str = PREVIEWS) -> list[str]:
     """Render ``count`` sampled images of a run into ``OUTPUT/<folder>/``; return their paths."""
     storage = Storage(output)
-    coco = json.loads(storage.read("annotations.json"))
+    coco = json.loads(storage.read(ANNOTATIONS))
     images = sorted(coco["images"], key=lambda im: im["id"])
     sample = sorted(
         random.Random(seed).sample(images, min(count, len(images))), key=lambda im: im["id"]

@@ -208,7 +208,3 @@ class Storage:
             if info.type == pafs.FileType.File
         ]
         return sorted(f"{folder}/{n}" for n in names if not n.startswith(".tmp-"))
-
-    def delete(self, relative: str) -> None:
-        if self.exists(relative):
-            self._fs.delete_file(self._path(relative))

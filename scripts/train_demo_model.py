@@ -6,14 +6,16 @@ tower width 64) trained from scratch with one dense term: the GCLIP dense featur
 Suppression recomputed from the live weights each step) against the text embeddings of the 13
 class prompts, as a per-pixel cross-entropy (object classes weighted 2x) on the bilinearly
 upsampled logits, which is exactly how inference reads them. Image-level captions alone do not
-localise at this size (``shared/docs/demo-model.md``). Shapes are learnt late: the loss drops
+localise at this size (an earlier experiment: image-level zero-shot 100 %, dense foreground
+pixel accuracy 0.37 to 0.51). Shapes are learnt late: the loss drops
 sharply after about 3,000 steps; 9,000 steps take about 35 minutes on 2 cores.
 
     python scripts/train_demo_model.py                             # the shipped model
     python scripts/train_demo_model.py --steps 3 --out /tmp/demo   # smoke test
 
 Writes open_clip's local-dir layout (``open_clip_config.json`` + fp16
-``open_clip_model.safetensors``) and ``gclip.json`` (method options and prompt templates).
+``open_clip_model.safetensors``) and ``gclip.json`` (method options, inference scale and prompt
+templates).
 """
 
 from __future__ import annotations

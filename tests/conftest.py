@@ -1,8 +1,15 @@
-"""Shared fixtures: tiny random-weight open_clip models (CPU, seconds to build)."""
+"""Shared fixtures: tiny random-weight open_clip models (CPU, seconds to build) and an S3
+server (moto's server mode, on loopback)."""
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+import time
+
 import open_clip
+import pyarrow.fs as pafs
 import pytest
 import torch
 
@@ -42,3 +49,48 @@ def clip12():
 @pytest.fixture(scope="session")
 def clip6():
     return tiny_clip(depth=6, seed=1)
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    pytest.importorskip("moto.server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-p", str(port), "-H", "127.0.0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    server.terminate()
+    server.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_env(s3_endpoint, monkeypatch):
+    for key, value in {
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "x",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    fs = pafs.S3FileSystem(
+        endpoint_override=s3_endpoint.removeprefix("http://"),
+        scheme="http",
+        access_key="x",
+        secret_key="x",
+        region="us-east-1",
+        allow_bucket_creation=True,
+    )
+    fs.create_dir("data")
+    fs.create_dir("labels")
+    return fs

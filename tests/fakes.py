@@ -36,3 +36,45 @@ class BrightnessSegmenter:
 
     def __call__(self):  # a factory that builds itself (the executors take factories)
         return self
+
+
+class OutOfMemoryError(RuntimeError):
+    """Named like ``torch.cuda.OutOfMemoryError``, which the pipeline recognises by name."""
+
+
+class OnceThen:
+    """Wraps :class:`BrightnessSegmenter`: the first call that sees ``marker`` (a file) removes
+    it and misbehaves (``"hang"`` sleeps for an hour, ``"oom"`` raises
+    :class:`OutOfMemoryError`); every other call labels normally. The marker file makes the
+    misbehaviour happen once across processes and actor restarts."""
+
+    def __init__(self, marker, mode: str) -> None:
+        self.marker, self.mode = str(marker), mode
+        self.inner = BrightnessSegmenter()
+
+    def segment(self, images, vocabulary, config=None):
+        import os
+        import time
+
+        try:
+            os.unlink(self.marker)
+        except FileNotFoundError:
+            return self.inner.segment(images, vocabulary, config)
+        if self.mode == "hang":
+            time.sleep(3600)
+        raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    def __call__(self):
+        return self
+
+
+class BrokenFactory:
+    """A segmenter factory that cannot build: counts its calls in ``log`` (a file)."""
+
+    def __init__(self, log) -> None:
+        self.log = str(log)
+
+    def __call__(self):
+        with open(self.log, "a") as handle:
+            handle.write("called\n")
+        raise ValueError("cannot read weights /models/vit.pt: truncated file")

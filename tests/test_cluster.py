@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -23,6 +27,48 @@ def ray_cli() -> str:
     return found
 
 
+def free_ports(count: int) -> list[int]:
+    """Ports nothing listens on now (all held open together, so they differ)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def wait_for_dashboard(url: str, timeout_s: float = 120) -> None:
+    """Until the dashboard answers HTTP at all (with token auth on, 401 is an answer)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/api/version", timeout=5).close()
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.5)
+
+
+def submit(command: list[str], env: dict[str, str], timeout_s: float = 600):
+    """``ray job submit``, tried again while the head's job agent is not up yet (a submit that
+    finds no agent creates no job, so trying again is safe)."""
+    deadline = time.monotonic() + 120
+    while True:
+        result = subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s
+        )
+        if "No available agent" not in result.stdout + result.stderr:
+            return result
+        if time.monotonic() > deadline:
+            return result
+        time.sleep(2)
+
+
 def test_ray_job_submit_on_a_local_cluster(tmp_path):
     ray = ray_cli()
     # The cluster (and so the job's `python`) uses this interpreter's environment, as when a
@@ -30,25 +76,43 @@ def test_ray_job_submit_on_a_local_cluster(tmp_path):
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": path}
     env.pop("RAY_ADDRESS", None)
+    gcs, dashboard, agent, agent_grpc, client, runtime_env, metrics = free_ports(7)
     start = [
         ray,
         "start",
         "--head",
         "--num-cpus",
         "2",
+        "--port",
+        str(gcs),
         "--dashboard-host",
         "127.0.0.1",
+        "--dashboard-port",
+        str(dashboard),
+        "--dashboard-agent-listen-port",
+        str(agent),
+        "--dashboard-agent-grpc-port",
+        str(agent_grpc),
+        "--ray-client-server-port",
+        str(client),
+        "--runtime-env-agent-port",
+        str(runtime_env),
+        "--metrics-export-port",
+        str(metrics),
         "--disable-usage-stats",
     ]
-    subprocess.run(start, check=True, env=env, capture_output=True, timeout=180)
+    started = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
+    assert started.returncode == 0, (started.stdout + started.stderr)[-3000:]
     try:
+        url = f"http://127.0.0.1:{dashboard}"
+        wait_for_dashboard(url)
         out = tmp_path / "out"
-        submit = [
+        command = [
             ray,
             "job",
             "submit",
             "--address",
-            "http://127.0.0.1:8265",
+            url,
             "--working-dir",
             ".",
             "--",
@@ -72,9 +136,7 @@ def test_ray_job_submit_on_a_local_cluster(tmp_path):
             "--stride",
             "32",
         ]
-        result = subprocess.run(
-            submit, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-        )
+        result = submit(command, env)
         assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
         assert "16 images labelled" in result.stdout
         run = json.loads((out / "run.json").read_text())

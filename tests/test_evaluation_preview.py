@@ -26,9 +26,7 @@ def finished_run(tmp_path):
         output=str(root / "out"),
         shard_size=2,
     )
-    assert run_labelling(
-        config, LocalBackend(BrightnessSegmenter())
-    ).ok
+    assert run_labelling(config, LocalBackend(BrightnessSegmenter())).ok
     return root
 
 

@@ -11,7 +11,6 @@ from test_pipeline_local import make_dataset
 
 from jobs import label as label_job
 from jobs import status as status_job
-from gclip import MethodConfig
 from pipeline import (
     InputError,
     LocalBackend,
@@ -142,7 +141,9 @@ def test_status_reads_the_ledger(tmp_path, capsys):
 
 def test_label_job_summarises_failed_images(tmp_path, capsys, monkeypatch):
     root = make_dataset(tmp_path, broken=(1, 2, 5))  # 1, 5: empty files; 2: garbage bytes
-    monkeypatch.setattr(label_job, "RayBackend", lambda address: LocalBackend(BrightnessSegmenter()))
+    monkeypatch.setattr(
+        label_job, "RayBackend", lambda address: LocalBackend(BrightnessSegmenter())
+    )
     code = label_job.main(
         [
             "--manifest",

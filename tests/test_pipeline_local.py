@@ -42,13 +42,14 @@ def make_dataset(root, count=7, broken=()):
 
 
 def config_for(root, **kw):
-    return RunConfig(
-        manifest=str(root / "m.parquet"),
-        vocabulary=str(root / "vocab.txt"),
-        output=str(root / "out"),
-        shard_size=3,
+    values = {
+        "manifest": str(root / "m.parquet"),
+        "vocabulary": str(root / "vocab.txt"),
+        "output": str(root / "out"),
+        "shard_size": 3,
         **kw,
-    )
+    }
+    return RunConfig(**values)
 
 
 def fake_backend(segmenter=None):

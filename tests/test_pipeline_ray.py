@@ -55,6 +55,14 @@ def test_ray_run_equals_in_process_run(ray_local, tmp_path, clean_run):
     assert (tmp_path / "annotations.json").read_bytes() == clean_run
 
 
+def test_a_peer_is_resolved_in_a_ray_task_and_runs(ray_local, tmp_path):
+    summary = run_labelling(demo_config(tmp_path, method="clearclip"), RayBackend())
+    assert summary.ok and summary.images_labelled == 16
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["resolved"]["method"]["name"] == "clearclip"
+    assert run["resolved"]["model"]["depth"] == 6
+
+
 class KillingBackend(RayBackend):
     """Kills the worker's process right after shard 2 is submitted."""
 
@@ -120,7 +128,14 @@ def test_driver_killed_then_resumed_equals_clean(tmp_path, clean_run):
     finished = sorted(p.name for p in (out / "shards").iterdir())
     assert finished and len(finished) < 6, "the kill should land mid-run"
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir()}
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    # The resumed driver also proves that a driver never imports torch: the model is
+    # resolved in a Ray task and built in the actors.
+    no_torch = (
+        "import sys; from jobs.label import main; code = main(sys.argv[1:]); "
+        "assert 'torch' not in sys.modules, 'the driver imported torch'; sys.exit(code)"
+    )
+    resumed = [sys.executable, "-c", no_torch, *command[3:]]
+    result = subprocess.run(resumed, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (out / "annotations.json").read_bytes() == clean_run
     for name, stamp in stamps.items():

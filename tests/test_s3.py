@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pyarrow as pa
@@ -21,51 +17,6 @@ from pipeline import LocalBackend, RunConfig, run_labelling
 from pipeline.storage import Storage
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    pytest.importorskip("moto.server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-p", str(port), "-H", "127.0.0.1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
-    server.terminate()
-    server.wait(timeout=10)
-
-
-@pytest.fixture
-def s3_env(s3_endpoint, monkeypatch):
-    for key, value in {
-        "AWS_ENDPOINT_URL": s3_endpoint,
-        "AWS_ACCESS_KEY_ID": "x",
-        "AWS_SECRET_ACCESS_KEY": "x",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(key, value)
-    fs = pafs.S3FileSystem(
-        endpoint_override=s3_endpoint.removeprefix("http://"),
-        scheme="http",
-        access_key="x",
-        secret_key="x",
-        region="us-east-1",
-        allow_bucket_creation=True,
-    )
-    fs.create_dir("data")
-    fs.create_dir("labels")
-    return fs
 
 
 def test_labelling_from_and_to_s3(s3_env, tmp_path):
