@@ -20,28 +20,25 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
-
-from tqdm import tqdm
 
 import gclip
 from gclip.catalog import check_source, is_remote
 from gclip.config import to_json
 from pipeline.backends import Backend
 from pipeline.config import RunConfig, labelling_fingerprint
+from pipeline.dispatch import dispatch
 from pipeline.errors import ConfigChangedError, InputError, SetupError, plain
-from pipeline.executors import DONE as ENDED_DONE
-from pipeline.executors import ERROR, INTERRUPTED, RETRYABLE, SETUP, Executor, Outcome
 from pipeline.layout import FORMAT_VERSION, SHARDS, shard_path
 from pipeline.ledger import DONE, FAILED, PENDING, Ledger, ShardEntry
 from pipeline.manifest import Shard, first_uris, plan_shards, read_manifest
 from pipeline.outputs import assemble, read_run, read_shard, write_run
 from pipeline.recipe import Resolution, SegmenterSpec
 from pipeline.storage import Storage, resolve
-from pipeline.worker import ShardSettings, ShardTask
+from pipeline.worker import ShardSettings
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +205,7 @@ def _label(
         )
         executor = backend.executor(config, resolution.spec, settings)
         try:
-            retries = _dispatch(executor, todo, entries, ledger, config.max_attempts, retried)
+            retries = dispatch(executor, todo, entries, ledger, config.max_attempts, retried)
         finally:
             executor.shutdown()
     done = [i for i, e in entries.items() if e.state == DONE]
@@ -269,112 +266,6 @@ def _reconcile(storage: Storage, ledger: Ledger, shards: list[Shard]) -> dict[in
             entry = replace(entry, state=PENDING, attempts=0)
         entries[shard.index] = entry
     return entries
-
-
-def _dispatch(
-    executor: Executor,
-    todo: list[Shard],
-    entries: dict[int, ShardEntry],
-    ledger: Ledger,
-    max_attempts: int,
-    retried: set[int],
-) -> Counter[str]:
-    """Run ``todo`` to the end; return the retried attempts by cause."""
-    by_index = {s.index: s for s in todo}
-    work = {
-        s.index: entries[s.index].images_failed if s.index in retried else len(s.records)
-        for s in todo
-    }
-    queue = deque(todo)
-    in_flight = 0
-    failures = 0
-    retries: Counter[str] = Counter()
-    with tqdm(total=sum(work.values()), unit="img", desc="labelling", dynamic_ncols=True) as bar:
-        while queue or in_flight:
-            while queue and in_flight < executor.capacity:
-                shard = queue.popleft()
-                entry = entries[shard.index] = replace(
-                    entries[shard.index], attempts=entries[shard.index].attempts + 1
-                )
-                final = entry.attempts >= max_attempts
-                executor.submit(ShardTask(shard, entry.attempts, final, shard.index in retried))
-                in_flight += 1
-            for outcome in executor.wait():
-                in_flight -= 1
-                entry = _after_attempt(outcome, entries[outcome.shard], ledger, max_attempts)
-                entries[outcome.shard] = entry
-                if outcome.kind in RETRYABLE:
-                    retries[outcome.kind] += 1
-                if entry.state == DONE:
-                    failures += entry.images_failed
-                    bar.update(work[outcome.shard])
-                    bar.set_postfix(failed_images=failures, refresh=False)
-                elif entry.state == PENDING:
-                    queue.append(by_index[outcome.shard])
-                else:
-                    bar.update(work[outcome.shard])
-    return retries
-
-
-def _after_attempt(
-    outcome: Outcome, entry: ShardEntry, ledger: Ledger, max_attempts: int
-) -> ShardEntry:
-    """The ledger's new entry for a shard after one attempt ended."""
-    if outcome.kind == ENDED_DONE:
-        assert outcome.result is not None
-        r = outcome.result
-        return ledger.write(
-            replace(
-                entry,
-                state=DONE,
-                images_done=r.images_done,
-                images_failed=r.images_failed,
-                seconds=r.seconds,
-                error=None,
-                traceback=None,
-            )
-        )
-    if outcome.kind == INTERRUPTED:  # it never ran: the attempt is given back
-        return replace(entry, state=PENDING, attempts=entry.attempts - 1)
-    if outcome.kind == SETUP:
-        ledger.write(
-            replace(
-                entry,
-                state=PENDING,
-                error=f"worker setup failed: {outcome.error}",
-                traceback=outcome.traceback,
-            )
-        )
-        raise SetupError(outcome.error or "worker setup failed", outcome.traceback)
-    if outcome.kind in RETRYABLE:
-        retries = {**entry.retries, outcome.kind: entry.retries.get(outcome.kind, 0) + 1}
-        entry = replace(entry, retries=retries, error=outcome.error)
-        if entry.attempts < max_attempts:
-            log.warning(
-                "%s on shard %d (attempt %d/%d): %s; retrying",
-                outcome.kind,
-                entry.shard,
-                entry.attempts,
-                max_attempts,
-                outcome.error,
-            )
-            return ledger.write(replace(entry, state=PENDING))
-        message = (
-            f"gave up after {entry.attempts} attempts ({_causes(retries)}); last: {outcome.error}"
-        )
-    else:
-        assert outcome.kind == ERROR, outcome.kind
-        message = outcome.error or "unknown error"
-    log.error("shard %d failed: %s", entry.shard, message)
-    return ledger.write(
-        replace(
-            entry, state=FAILED, error=message, traceback=plain(outcome.traceback or "") or None
-        )
-    )
-
-
-def _causes(retries: dict[str, int]) -> str:
-    return ", ".join(f"{n} {cause}" for cause, n in sorted(retries.items()))
 
 
 def _seed(resolution: Resolution) -> str | None:

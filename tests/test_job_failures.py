@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from fakes import BrightnessSegmenter
-from test_pipeline_local import make_dataset
+from test_pipeline_local import job_args, make_dataset
 
 import gclip
 from jobs import label as label_job
@@ -63,18 +63,7 @@ def test_a_missing_checkpoint_exits_2_at_once_naming_it(monkeypatch, tmp_path, c
     root = make_dataset(tmp_path)
     start = time.monotonic()
     code = label_job.main(
-        [
-            "--manifest",
-            str(root / "m.parquet"),
-            "--vocabulary",
-            str(root / "vocab.txt"),
-            "--output",
-            str(root / "out"),
-            "--model",
-            "ViT-B-16",
-            "--pretrained",
-            "/models/nowhere/vit-b-16.pt",
-        ]
+        [*job_args(root), "--model", "ViT-B-16", "--pretrained", "/models/nowhere/vit-b-16.pt"]
     )
     assert code == 2 and time.monotonic() - start < 10
     assert "/models/nowhere/vit-b-16.pt does not exist" in capsys.readouterr().err
@@ -108,8 +97,7 @@ def test_a_crash_during_the_run_exits_1_with_its_traceback(monkeypatch, tmp_path
 
     monkeypatch.setattr("pipeline.coordinator.assemble", full_disk)
     root = make_dataset(tmp_path)
-    args = ["--manifest", str(root / "m.parquet"), "--vocabulary", str(root / "vocab.txt")]
-    assert label_job.main([*args, "--output", str(root / "out")]) == 1
+    assert label_job.main(job_args(root)) == 1
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "No space left on device" in err
     run = json.loads((root / "out" / "run.json").read_text())
@@ -132,8 +120,8 @@ def test_random_weights_are_the_same_in_every_process_and_run(in_process, tmp_pa
     for run in ("one", "two"):
         out = root / run
         args = [
-            *("--manifest", str(root / "m.parquet"), "--vocabulary", str(root / "vocab.txt")),
-            *("--output", str(out), "--model", "ViT-S-32", "--pretrained", "none"),
+            *job_args(root, run),
+            *("--model", "ViT-S-32", "--pretrained", "none"),
             *("--short-side", "32", "--crop", "32", "--stride", "32"),
         ]
         with pytest.warns(UserWarning, match="RANDOM weights"):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 from fakes import BrightnessSegmenter
-from test_pipeline_local import make_dataset
+from test_pipeline_local import job_args, make_dataset
 
 from jobs import label as label_job
 from jobs import status as status_job
@@ -144,17 +144,11 @@ def test_label_job_summarises_failed_images(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(
         label_job, "RayBackend", lambda address: LocalBackend(BrightnessSegmenter())
     )
-    code = label_job.main(
-        [
-            "--manifest",
-            str(root / "m.parquet"),
-            "--vocabulary",
-            str(root / "vocab.txt"),
-            "--output",
-            str(root / "out"),
-        ]
-    )
+    code = label_job.main(job_args(root))
     assert code == 0  # failed images do not fail the job
     out = capsys.readouterr().out
     assert "4 images labelled, 3 failed" in out
     assert "failed images by cause: 2 ImageDecodeError, 1 UnidentifiedImageError;" in out
+    (root / "img" / "2.png").write_bytes((root / "img" / "0.png").read_bytes())  # repaired
+    assert label_job.main([*job_args(root), "--retry-failed"]) == 0
+    assert "5 images labelled, 2 failed" in capsys.readouterr().out

@@ -41,6 +41,12 @@ def make_dataset(root, count=7, broken=()):
     return root
 
 
+def job_args(root, output="out"):
+    """``jobs.label`` flags for the dataset under ``root``."""
+    manifest, vocabulary = str(root / "m.parquet"), str(root / "vocab.txt")
+    return ["--manifest", manifest, "--vocabulary", vocabulary, "--output", str(root / output)]
+
+
 def config_for(root, **kw):
     values = {
         "manifest": str(root / "m.parquet"),
