@@ -220,10 +220,12 @@ def _label(
 def _check_format(storage: Storage, previous: dict[str, Any] | None) -> None:
     if previous is None or previous.get("format_version") == FORMAT_VERSION:
         return
+    found = previous.get("format_version", 1)  # runs before versioning wrote format 1
+    age = "an older" if found < FORMAT_VERSION else "a newer"
     raise ConfigChangedError(
-        f"{storage.root} was written by an older gclip-label (output format "
-        f"{previous.get('format_version', 1)}; this version writes format {FORMAT_VERSION}). "
-        "Its shards cannot be mixed with new ones: label into a new --output."
+        f"{storage.root} was written by {age} gclip-label (output format {found}; this "
+        f"version writes format {FORMAT_VERSION}). Its shards cannot be mixed with new ones: "
+        "label into a new --output."
     )
 
 

@@ -106,7 +106,7 @@ def test_an_output_of_an_older_format_is_refused(tmp_path):
     old = json.loads(run_file.read_text())
     del old["format_version"]  # as written before formats were versioned
     run_file.write_text(json.dumps(old))
-    with pytest.raises(ConfigChangedError, match="older gclip-label .* format 1"):
+    with pytest.raises(ConfigChangedError, match="an older gclip-label .output format 1;"):
         run_labelling(config_for(root), LocalBackend(BrightnessSegmenter()))
 
 

@@ -203,3 +203,18 @@ def test_auto_global_blocks_calibrate_on_the_manifests_first_images(tmp_path):
     assert a.spec.method.cs_start_block == blocks[0]
     fixed = config_for(root, model="demo", method=MethodConfig(global_blocks=(1, 2)))
     assert prepare_run(fixed).calibration_uris == ()
+
+
+def test_out_of_memory_is_retried_then_isolated_on_the_final_attempt(tmp_path):
+    """An image too large for memory fails its shard's attempts until the last one, where it
+    alone is recorded as failed and the rest of its shard is labelled."""
+    root = make_dataset(tmp_path)
+    Image.fromarray(np.zeros((5, 30, 3), np.uint8)).save(root / "img" / "4.png")
+    segmenter = BrightnessSegmenter(fail_on_width=30, error=MemoryError)
+    summary = run_labelling(config_for(root, max_attempts=2), fake_backend(segmenter))
+    assert summary.ok and summary.retries == {"oom": 1}
+    assert summary.images_failed == 1 and summary.images_labelled == 6
+    failure = json.loads((root / "out" / "failures.jsonl").read_text())
+    assert failure["image_id"] == "im4" and failure["error"] == "MemoryError"
+    entry = json.loads((root / "out" / "ledger" / "shard-000001.json").read_text())
+    assert entry["attempts"] == 2 and entry["retries"] == {"oom": 1} and entry["state"] == "done"
