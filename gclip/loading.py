@@ -23,7 +23,7 @@ import open_clip
 import torch
 from torch import nn
 
-from gclip.catalog import DEMO_DIR, DEMO_MODEL, HF_HUB, LOCAL_DIR, check_source, is_random
+from gclip.catalog import HF_HUB, LOCAL_DIR, check_source, is_random, is_remote, local_dir
 from gclip.config import ShippedSettings, read_shipped
 
 log = logging.getLogger(__name__)
@@ -88,10 +88,14 @@ def load_model(
         ValueError: unknown model name, tag, or missing checkpoint file.
     """
     check_source(name, pretrained)
-    if name == DEMO_MODEL:
-        return _load_local_dir(DEMO_DIR, name, device)
-    if name.startswith(LOCAL_DIR):
-        return _load_local_dir(Path(name.removeprefix(LOCAL_DIR)), name, device)
+    if is_remote(name.removeprefix(LOCAL_DIR)) or (pretrained and is_remote(pretrained)):
+        raise ValueError(
+            f"{name} / {pretrained}: gclip loads weights from local files; fetch remote ones "
+            "first (pipeline.checkpoints.localize does, once per node)."
+        )
+    folder = local_dir(name)
+    if folder is not None:
+        return _load_local_dir(folder, name, device)
     if name.startswith(HF_HUB):
         # Offline (HF_HUB_OFFLINE=1) the hub client reads its cache and fails at once if the
         # model is not there; online, an unreachable hub is detected before its retries.

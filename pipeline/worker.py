@@ -130,7 +130,13 @@ def process_shard(
         previous = read_shard(storage, shard.index)
         failed = {f["image_id"] for f in previous["failures"]}
         records = tuple(r for r in records if r.image_id in failed)
-    labelled = _label(segmenter, records, settings, storage, task.final, shard.name)
+    labelled, model_errors = _label(segmenter, records, settings, storage, task.final)
+    if model_errors and not labelled.images and previous is None:
+        # Every decodable image failed inside the model: that is a bug or a broken model, not
+        # bad input, so the shard fails (with a traceback) instead of recording N failures.
+        # (Relabelling a shard's few failed images proves nothing of the kind.)
+        error = RuntimeError(f"every image of {shard.name} failed in segmentation")
+        raise error from model_errors[-1]
     if previous is not None:
         labelled = labelled.merged(previous, {r.image_id for r in records})
     labelled = labelled.ordered(shard)
@@ -156,15 +162,16 @@ def _label(
     settings: ShardSettings,
     storage: Storage,
     final: bool,
-    name: str,
-) -> _Labelled:
-    """Decode, segment and encode ``records``; write their PNG label maps if asked."""
+) -> tuple[_Labelled, list[Exception]]:
+    """Decode, segment and encode ``records``; write their PNG label maps if asked.
+
+    Returns:
+        The labelled lists, and the errors of images that failed inside the model.
+    """
     out = _Labelled()
-    segmented = 0
     model_errors: list[Exception] = []
     for chunk in _chunks(_decoded(records, settings.decode_threads), settings.images_per_call):
         good = [(rec, img) for rec, img in chunk if isinstance(img, np.ndarray)]
-        segmented += len(good)
         out.failures += [
             img.to_json() for _, img in chunk if isinstance(img, image_io.ImageFailure)
         ]
@@ -188,12 +195,7 @@ def _label(
             out.summary += _summary_rows(
                 rec, image_annotations, seg.labels_hw.size, settings.vocabulary
             )
-    if segmented and not out.images:
-        # Every decodable image failed inside the model: that is a bug or a broken model, not
-        # bad input, so the shard fails (with a traceback) instead of recording N failures.
-        error = RuntimeError(f"every image of {name} failed in segmentation")
-        raise error from model_errors[-1]
-    return out
+    return out, model_errors
 
 
 def _segment(

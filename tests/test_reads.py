@@ -141,3 +141,15 @@ def test_failures_are_listed_in_row_order(tmp_path):
     run_labelling(config, LocalBackend(BrightnessSegmenter(fail_on_width=40)))
     shard = json.loads((root / "out" / "shards" / "shard-000000.json").read_text())
     assert [f["image_id"] for f in shard["failures"]] == ["im0", "im2"]
+
+
+def test_retry_failed_keeps_an_image_that_fails_again(tmp_path):
+    """One image that still fails inside the model is a record again, not a failed shard."""
+    root = make_dataset(tmp_path)
+    Image.fromarray(np.zeros((5, 30, 3), np.uint8)).save(root / "img" / "4.png")
+    segmenter = BrightnessSegmenter(fail_on_width=30)
+    assert run_labelling(config_for(root), LocalBackend(segmenter)).images_failed == 1
+    before = (root / "out" / "annotations.json").read_bytes()
+    summary = run_labelling(config_for(root), LocalBackend(segmenter), retry_failed=True)
+    assert summary.ok and summary.images_failed == 1
+    assert (root / "out" / "annotations.json").read_bytes() == before
