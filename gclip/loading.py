@@ -88,10 +88,11 @@ def load_model(
         ValueError: unknown model name, tag, or missing checkpoint file.
     """
     check_source(name, pretrained)
-    if is_remote(name.removeprefix(LOCAL_DIR)) or (pretrained and is_remote(pretrained)):
+    remote_dir = name.startswith(LOCAL_DIR) and is_remote(name.removeprefix(LOCAL_DIR))
+    if remote_dir or (pretrained is not None and is_remote(pretrained)):
         raise ValueError(
             f"{name} / {pretrained}: gclip loads weights from local files; fetch remote ones "
-            "first (pipeline.checkpoints.localize does, once per node)."
+            "first (pipeline.formats.checkpoints.localize does, once per node)."
         )
     folder = local_dir(name)
     if folder is not None:

@@ -13,9 +13,9 @@ import json
 import sys
 
 import schemas
-from pipeline.evaluation import evaluate
-from pipeline.layout import EVALUATION, EVALUATION_TABLE
-from pipeline.storage import Storage
+from pipeline.formats.layout import EVALUATION, EVALUATION_TABLE
+from pipeline.formats.storage import Storage
+from pipeline.reading.evaluation import evaluate
 
 
 def main(argv: list[str] | None = None) -> int:

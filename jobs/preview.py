@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.preview import write_previews
+from pipeline.reading.preview import write_previews
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,9 +6,9 @@ import argparse
 import collections
 import sys
 
-from pipeline.ledger import Ledger
-from pipeline.outputs import read_run
-from pipeline.storage import Storage
+from pipeline.formats.outputs import read_run
+from pipeline.formats.storage import Storage
+from pipeline.running.ledger import Ledger
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,14 +4,20 @@ Everything that touches Ray, storage or files lives here; model maths stays in `
 Importing it imports neither torch nor Ray: a driver validates and plans without them.
 """
 
-from pipeline.backends import Backend, LocalBackend, RayBackend
 from pipeline.config import RunConfig, load_run_config
-from pipeline.coordinator import PreparedRun, RunSummary, execute, prepare_run, run_labelling
 from pipeline.errors import ConfigChangedError, InputError, SetupError
-from pipeline.executors import InProcessExecutor, RayExecutor
-from pipeline.manifest import ManifestError, plan_shards, read_manifest
-from pipeline.ray_session import connect
-from pipeline.recipe import Resolution, SegmenterSpec
+from pipeline.planning.manifest import ManifestError, plan_shards, read_manifest
+from pipeline.running.backends import Backend, LocalBackend, RayBackend
+from pipeline.running.coordinator import (
+    PreparedRun,
+    RunSummary,
+    execute,
+    prepare_run,
+    run_labelling,
+)
+from pipeline.running.executors import InProcessExecutor, RayExecutor
+from pipeline.running.ray_session import connect
+from pipeline.running.recipe import Resolution, SegmenterSpec
 
 __all__ = [
     "Backend",

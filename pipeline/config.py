@@ -19,9 +19,9 @@ from typing import Any
 import schemas
 from gclip import InferenceConfig, MethodConfig
 from gclip.config import build, to_json
-from pipeline.checkpoints import shipped_settings
 from pipeline.errors import InputError
-from pipeline.layout import FORMAT_VERSION
+from pipeline.formats.checkpoints import shipped_settings
+from pipeline.formats.layout import FORMAT_VERSION
 
 FILE, FLAG, CHECKPOINT = "config file", "flag", "checkpoint"
 DEFAULT_MODEL = "ViT-B-16-quickgelu"  # the method's reference backbone, with OpenAI weights

@@ -11,7 +11,7 @@ from test_pipeline_local import make_dataset
 
 import gclip
 from pipeline import InputError, LocalBackend, load_run_config, run_labelling
-from pipeline.checkpoints import fetch_file, file_digest, localize, shipped_settings
+from pipeline.formats.checkpoints import fetch_file, file_digest, localize, shipped_settings
 
 pytestmark = pytest.mark.slow
 

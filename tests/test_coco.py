@@ -8,7 +8,7 @@ import numpy as np
 from pycocotools.coco import COCO
 
 from gclip import parse_json
-from pipeline.coco import categories, decode_label_map, encode_annotations
+from pipeline.formats.coco import categories, decode_label_map, encode_annotations
 
 
 def test_round_trip_through_pycocotools(tmp_path):

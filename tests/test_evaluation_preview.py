@@ -14,7 +14,7 @@ import schemas
 from jobs import evaluate as evaluate_job
 from jobs import preview as preview_job
 from pipeline import LocalBackend, RunConfig, run_labelling
-from pipeline.layout import label_file_name
+from pipeline.formats.layout import label_file_name
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import images
-from pipeline.manifest import ImageRecord
+from pipeline.formats import images
+from pipeline.planning.manifest import ImageRecord
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **kw) -> bytes:

@@ -113,3 +113,10 @@ def test_hf_hub_model_fails_fast_when_unreachable(monkeypatch, tmp_path):
     with pytest.raises(WeightsUnavailableError, match="unreachable"):
         load_model("hf-hub:timm/ViT-B-16-SigLIP", cache_dir=str(tmp_path), connect_timeout=2)
     assert time.monotonic() - start < 10
+
+
+def test_remote_weights_are_refused_with_the_fix():
+    """gclip reads local files only; the pipeline fetches remote ones first."""
+    for name, pretrained in (("local-dir:s3://b/models/m", None), ("ViT-B-16", "s3://b/x.pt")):
+        with pytest.raises(ValueError, match="fetch remote ones first"):
+            load_model(name, pretrained=pretrained)

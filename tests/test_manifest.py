@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.manifest import ManifestError, plan_shards, read_manifest
+from pipeline.planning.manifest import ManifestError, plan_shards, read_manifest
 
 
 def write(target, **columns):

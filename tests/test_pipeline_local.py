@@ -16,8 +16,8 @@ from pycocotools.coco import COCO
 import schemas
 from gclip import InferenceConfig, MethodConfig
 from pipeline import ConfigChangedError, LocalBackend, RunConfig, run_labelling
-from pipeline.coco import decode_label_map
-from pipeline.layout import label_file_name
+from pipeline.formats.coco import decode_label_map
+from pipeline.formats.layout import label_file_name
 
 
 def make_dataset(root, count=7, broken=()):
@@ -184,8 +184,8 @@ def test_atomic_writes_leave_no_temporaries(tmp_path):
 def test_auto_global_blocks_calibrate_on_the_manifests_first_images(tmp_path):
     """Workers agree on the fused blocks: the recipe is resolved once, on the same images."""
     from pipeline import prepare_run
-    from pipeline.manifest import first_uris
-    from pipeline.recipe import SegmenterSpec, resolve_recipe
+    from pipeline.planning.manifest import first_uris
+    from pipeline.running.recipe import SegmenterSpec, resolve_recipe
 
     root = make_dataset(tmp_path, count=5)
     config = config_for(root, model="demo", method=MethodConfig(global_blocks="auto"))

@@ -13,8 +13,8 @@ from PIL import Image
 from test_pipeline_local import config_for, make_dataset
 
 from pipeline import LocalBackend, run_labelling
-from pipeline import storage as storage_module
-from pipeline.storage import Backoff, is_transient, read_bytes, retrying
+from pipeline.formats import storage as storage_module
+from pipeline.formats.storage import Backoff, is_transient, read_bytes, retrying
 
 FAST = Backoff(attempts=4, first_s=0.0)
 

@@ -14,7 +14,7 @@ from fakes import BrightnessSegmenter
 from PIL import Image
 
 from pipeline import LocalBackend, RunConfig, run_labelling
-from pipeline.storage import Storage
+from pipeline.formats.storage import Storage
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.storage import Storage
+from pipeline.formats.storage import Storage
 
 
 class Boom(Exception):

@@ -14,11 +14,11 @@ from dataclasses import replace
 from tqdm import tqdm
 
 from pipeline.errors import SetupError, plain
-from pipeline.executors import DONE as ENDED_DONE
-from pipeline.executors import ERROR, INTERRUPTED, RETRYABLE, SETUP, Executor, Outcome
-from pipeline.ledger import DONE, FAILED, PENDING, Ledger, ShardEntry
-from pipeline.manifest import Shard
-from pipeline.worker import ShardTask
+from pipeline.planning.manifest import Shard
+from pipeline.running.executors import DONE as ENDED_DONE
+from pipeline.running.executors import ERROR, INTERRUPTED, RETRYABLE, SETUP, Executor, Outcome
+from pipeline.running.ledger import DONE, FAILED, PENDING, Ledger, ShardEntry
+from pipeline.running.worker import ShardTask
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pipeline.errors import SetupError, describe, is_out_of_memory, plain
-from pipeline.storage import Storage
-from pipeline.worker import SegmenterLike, ShardResult, ShardSettings, ShardTask, process_shard
+from pipeline.formats.storage import Storage
+from pipeline.running.worker import (
+    SegmenterLike,
+    ShardResult,
+    ShardSettings,
+    ShardTask,
+    process_shard,
+)
 
 log = logging.getLogger(__name__)
 

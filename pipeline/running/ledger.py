@@ -11,8 +11,8 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 
-from pipeline.layout import LEDGER, ledger_path
-from pipeline.storage import Storage
+from pipeline.formats.layout import LEDGER, ledger_path
+from pipeline.formats.storage import Storage
 
 PENDING, DONE, FAILED = "pending", "done", "failed"
 

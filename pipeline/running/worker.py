@@ -1,7 +1,7 @@
 """Labelling one shard: decode, segment, encode, write. Knows nothing about Ray.
 
 ``process_shard`` is a plain function of a segmenter and a shard task; the Ray actor in
-:mod:`pipeline.executors` is a thin shell that builds the segmenter once and calls it.
+:mod:`pipeline.running.executors` is a thin shell that builds the segmenter once and calls it.
 The shard file is written last and atomically: its presence means the shard is done, and a
 rerun writes the same bytes to the same path.
 """
@@ -21,13 +21,13 @@ import numpy as np
 from PIL import Image
 
 from gclip import InferenceConfig, Vocabulary
-from pipeline import images as image_io
-from pipeline.coco import encode_annotations
 from pipeline.errors import is_out_of_memory
-from pipeline.layout import label_path, shard_path
-from pipeline.manifest import ImageRecord, Shard
-from pipeline.outputs import read_shard
-from pipeline.storage import Storage
+from pipeline.formats import images as image_io
+from pipeline.formats.coco import encode_annotations
+from pipeline.formats.layout import label_path, shard_path
+from pipeline.formats.outputs import read_shard
+from pipeline.formats.storage import Storage
+from pipeline.planning.manifest import ImageRecord, Shard
 
 if TYPE_CHECKING:
     from gclip import Segmentation

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.coco import CocoLabelMaps
-from pipeline.images import decode
-from pipeline.layout import ANNOTATIONS, PREVIEWS, label_file_name
-from pipeline.storage import Storage, read_bytes
+from pipeline.formats.coco import CocoLabelMaps
+from pipeline.formats.images import decode
+from pipeline.formats.layout import ANNOTATIONS, PREVIEWS, label_file_name
+from pipeline.formats.storage import Storage, read_bytes
 
 _ALPHA = 0.6
 _MAX_SIDE = 640  # previews are for eyes: the [image | overlay] pair is scaled to about this width

@@ -28,17 +28,17 @@ from typing import Any
 import gclip
 from gclip.catalog import check_source, is_remote
 from gclip.config import to_json
-from pipeline.backends import Backend
 from pipeline.config import RunConfig, labelling_fingerprint
-from pipeline.dispatch import dispatch
 from pipeline.errors import ConfigChangedError, InputError, SetupError, plain
-from pipeline.layout import FORMAT_VERSION, SHARDS, shard_path
-from pipeline.ledger import DONE, FAILED, PENDING, Ledger, ShardEntry
-from pipeline.manifest import Shard, first_uris, plan_shards, read_manifest
-from pipeline.outputs import assemble, read_run, read_shard, write_run
-from pipeline.recipe import Resolution, SegmenterSpec
-from pipeline.storage import Storage, resolve
-from pipeline.worker import ShardSettings
+from pipeline.formats.layout import FORMAT_VERSION, SHARDS, shard_path
+from pipeline.formats.outputs import assemble, read_run, read_shard, write_run
+from pipeline.formats.storage import Storage, resolve
+from pipeline.planning.manifest import Shard, first_uris, plan_shards, read_manifest
+from pipeline.running.backends import Backend
+from pipeline.running.dispatch import dispatch
+from pipeline.running.ledger import DONE, FAILED, PENDING, Ledger, ShardEntry
+from pipeline.running.recipe import Resolution, SegmenterSpec
+from pipeline.running.worker import ShardSettings
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from typing import Any, Protocol
 
 from pipeline.config import RunConfig
 from pipeline.errors import SetupError, describe, plain
-from pipeline.executors import Executor, InProcessExecutor, RayExecutor, SegmenterFactory
-from pipeline.recipe import Resolution, SegmenterSpec, resolve_recipe
-from pipeline.worker import ShardSettings
+from pipeline.running.executors import Executor, InProcessExecutor, RayExecutor, SegmenterFactory
+from pipeline.running.recipe import Resolution, SegmenterSpec, resolve_recipe
+from pipeline.running.worker import ShardSettings
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ class Backend(Protocol):
     def resolve(
         self, spec: SegmenterSpec, calibration_uris: tuple[str, ...], side: int
     ) -> Resolution:
-        """Resolve the recipe on the model (see :func:`pipeline.recipe.resolve_recipe`).
+        """Resolve the recipe on the model (see :func:`pipeline.running.recipe.resolve_recipe`).
 
         Raises:
             SetupError: the model or its options cannot work; the cause is in the message.
@@ -105,7 +105,7 @@ class RayBackend:
     def _ray(self) -> Any:
         import ray
 
-        from pipeline.ray_session import connect
+        from pipeline.running.ray_session import connect
 
         if self._owns_ray is None:
             self._owns_ray = connect(self._address)

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gclip import MethodConfig
-from pipeline.checkpoints import file_digest, localize
-from pipeline.images import decode
-from pipeline.storage import read_bytes
+from pipeline.formats.checkpoints import file_digest, localize
+from pipeline.formats.images import decode
+from pipeline.formats.storage import read_bytes
 
 if TYPE_CHECKING:
     import gclip

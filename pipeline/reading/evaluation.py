@@ -22,9 +22,9 @@ from PIL import Image
 
 import schemas
 from gclip.metrics import SegmentationScores, confusion_matrix, scores
-from pipeline.coco import CocoLabelMaps
-from pipeline.layout import ANNOTATIONS, label_file_name
-from pipeline.storage import Storage, read_bytes
+from pipeline.formats.coco import CocoLabelMaps
+from pipeline.formats.layout import ANNOTATIONS, label_file_name
+from pipeline.formats.storage import Storage, read_bytes
 
 IGNORE = 255
 GroundTruth = Callable[[dict[str, Any]], "np.ndarray | None"]  # image record -> labels or None

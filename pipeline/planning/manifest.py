@@ -16,8 +16,8 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
 from pipeline.errors import InputError
-from pipeline.layout import shard_name
-from pipeline.storage import resolve
+from pipeline.formats.layout import shard_name
+from pipeline.formats.storage import resolve
 
 REQUIRED = ("image_id", "uri")
 OPTIONAL_TYPES = {

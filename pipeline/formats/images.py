@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
-from pipeline.manifest import ImageRecord
-from pipeline.storage import read_bytes
+from pipeline.formats.storage import read_bytes
+from pipeline.planning.manifest import ImageRecord
 
 # Pillow's default bomb limit (~89 Mpx); beyond it a file is refused, not decoded.
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485

@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 
 import schemas
 from gclip import Vocabulary
-from pipeline.coco import categories
-from pipeline.layout import ANNOTATIONS, FAILURES, RUN, SUMMARY, shard_path
-from pipeline.storage import Storage
+from pipeline.formats.coco import categories
+from pipeline.formats.layout import ANNOTATIONS, FAILURES, RUN, SUMMARY, shard_path
+from pipeline.formats.storage import Storage
 
 _SUMMARY_SCHEMA = pa.schema(
     [

@@ -24,7 +24,7 @@ import pyarrow.fs as pafs
 from gclip.catalog import LOCAL_DIR, is_remote, local_dir
 from gclip.config import SHIPPED_FILE, ShippedSettings, read_shipped
 from pipeline.errors import InputError
-from pipeline.storage import read_bytes, resolve, retrying
+from pipeline.formats.storage import read_bytes, resolve, retrying
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,2 @@
+"""Storage and formats: files on any file system, images, weights, COCO, Parquet outputs, and
+the output folder's layout."""

@@ -1,0 +1,1 @@
+"""Reading a run back: scores against ground truth and previews."""
