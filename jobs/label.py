@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pipeline import InputError, RayBackend, SetupError, execute, load_run_config, prepare_run
 from pipeline.cli import overrides, parse_args
+from pipeline.planning.report import describe_plan
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, OSError, ValueError) as err:  # nothing has started
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.dry_run:
+        c = config
+        print(
+            describe_plan(run.manifest, run.plan, run.done, c.output, c.png_labels, c.merge_limit)
+        )
+        return 0
     try:
         summary = execute(
             run, RayBackend(config.address), args.allow_config_change, args.retry_failed
@@ -47,14 +54,16 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         print(f"error: the run crashed; {config.output}/run.json records it", file=sys.stderr)
         return 1
+    masks = "annotations.json and " if summary.merged else ""
     print(
         f"{summary.images_labelled} images labelled, {summary.images_failed} failed, "
         f"{summary.shards_failed} of {summary.shards} shards failed, {summary.seconds:.1f} s. "
-        f"Masks: {config.output}/annotations.json"
+        f"Masks: {config.output}/{masks}annotations/*.parquet"
     )
     if summary.failures_by_error:
         kinds = ", ".join(f"{n} {error}" for error, n in summary.failures_by_error.items())
-        print(f"failed images by cause: {kinds}; each listed in {config.output}/failures.jsonl")
+        where = "failures.jsonl" if summary.merged else "shards/*.json (or jobs.merge)"
+        print(f"failed images by cause: {kinds}; each listed in {config.output}/{where}")
     if summary.retries:
         kinds = ", ".join(f"{n} {cause}" for cause, n in sorted(summary.retries.items()))
         print(f"attempts retried: {kinds} (died: worker lost; oom: out of memory; timeout)")

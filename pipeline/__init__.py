@@ -6,7 +6,8 @@ Importing it imports neither torch nor Ray: a driver validates and plans without
 
 from pipeline.config import RunConfig, load_run_config
 from pipeline.errors import ConfigChangedError, InputError, SetupError
-from pipeline.planning.manifest import ManifestError, plan_shards, read_manifest
+from pipeline.planning.manifest import ManifestError, open_manifest
+from pipeline.planning.plan import Plan, Shard, plan_shards
 from pipeline.running.backends import Backend, LocalBackend, RayBackend
 from pipeline.running.coordinator import (
     PreparedRun,
@@ -26,6 +27,7 @@ __all__ = [
     "InputError",
     "LocalBackend",
     "ManifestError",
+    "Plan",
     "PreparedRun",
     "RayBackend",
     "RayExecutor",
@@ -34,11 +36,12 @@ __all__ = [
     "RunSummary",
     "SegmenterSpec",
     "SetupError",
+    "Shard",
     "connect",
     "execute",
     "load_run_config",
+    "open_manifest",
     "plan_shards",
     "prepare_run",
-    "read_manifest",
     "run_labelling",
 ]

@@ -32,6 +32,7 @@ RUN_FLAGS = (
     "threshold",
     "background_first_line",
     "png_labels",
+    "merge_limit",
     "address",
     "device",
 )
@@ -98,6 +99,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--background-first-line", action=_BOOL)
     p.add_argument("--png-labels", action=_BOOL, help="also write indexed PNG label maps")
     p.add_argument(
+        "--merge-limit",
+        type=int,
+        help="merge annotations.json at the end of runs of at most this many images "
+        "(default 100000; 0: never; `python -m jobs.merge OUTPUT` merges on demand)",
+    )
+    p.add_argument(
         "--address",
         help="Ray cluster address; 'auto' joins a local cluster (default: RAY_ADDRESS, else "
         "an embedded Ray started for this job)",
@@ -107,6 +114,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--allow-config-change",
         action="store_true",
         help="resume an output made with other settings",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate and plan, print what a run would do, and exit (no Ray, no model)",
     )
     p.add_argument(
         "--retry-failed",

@@ -50,6 +50,9 @@ class RunConfig:
         max_attempts: tries per shard when its worker dies, runs out of memory or times out.
         shard_timeout_s: deadline of one shard attempt, after which its worker is restarted.
         png_labels: also write indexed PNG label maps.
+        merge_limit: at the end of a run of at most this many images, merge the shards'
+            COCO files into ``annotations.json`` (0: never; ``python -m jobs.merge`` does it
+            on demand).
         address: Ray address (``auto`` joins a local cluster); ``None`` uses ``RAY_ADDRESS``,
             else starts an embedded Ray.
         device: ``auto`` (CUDA when the worker has a GPU), ``cpu`` or ``cuda``.
@@ -73,6 +76,7 @@ class RunConfig:
     max_attempts: int = 3
     shard_timeout_s: float = 3600.0
     png_labels: bool = False
+    merge_limit: int = 100_000
     address: str | None = None
     device: str = "auto"
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -166,7 +170,6 @@ def labelling_fingerprint(
         "vocabulary": vocabulary_fingerprint,
         "background_first_line": config.background_first_line,
         "threshold": config.threshold,
-        "shard_size": config.shard_size,  # shard files are keyed by position
         "png_labels": config.png_labels,
     }
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()

@@ -95,7 +95,7 @@ def test_a_crash_during_the_run_exits_1_with_its_traceback(monkeypatch, tmp_path
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("pipeline.running.coordinator.assemble", full_disk)
+    monkeypatch.setattr("pipeline.running.coordinator.merge", full_disk)
     root = make_dataset(tmp_path)
     assert label_job.main(job_args(root)) == 1
     err = capsys.readouterr().err

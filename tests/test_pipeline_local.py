@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -18,6 +19,8 @@ from gclip import InferenceConfig, MethodConfig
 from pipeline import ConfigChangedError, LocalBackend, RunConfig, run_labelling
 from pipeline.formats.coco import decode_label_map
 from pipeline.formats.layout import label_file_name
+from pipeline.formats.storage import Storage
+from pipeline.running.ledger import Ledger
 
 
 def make_dataset(root, count=7, broken=()):
@@ -62,6 +65,25 @@ def fake_backend(segmenter=None):
     return LocalBackend(segmenter or BrightnessSegmenter())
 
 
+def assert_same_outputs(out, clean):
+    """Two runs' labels are equal: COCO files and markers byte for byte, Parquet datasets
+    row for row, and the merged file if both have one."""
+    for folder in ("coco", "shards"):
+        names = sorted(p.name for p in (clean / folder).iterdir())
+        assert sorted(p.name for p in (out / folder).iterdir()) == names
+        for name in names:
+            assert (out / folder / name).read_bytes() == (clean / folder / name).read_bytes(), name
+    for folder in ("annotations", "summary"):
+        assert pq.read_table(out / folder).equals(pq.read_table(clean / folder)), folder
+    if (clean / "annotations.json").exists():
+        assert (out / "annotations.json").read_bytes() == (clean / "annotations.json").read_bytes()
+
+
+def ledger_of(out):
+    """The ledger's entries of an output folder, by shard."""
+    return Ledger(Storage(str(out))).read()
+
+
 def test_outputs_decode_to_the_labels_and_validate(tmp_path):
     root = make_dataset(tmp_path, broken=(5,))
     summary = run_labelling(config_for(root, png_labels=True), fake_backend())
@@ -103,11 +125,17 @@ def test_outputs_decode_to_the_labels_and_validate(tmp_path):
     run = json.loads((out / "run.json").read_text())
     schemas.validate(run, "run")
     assert run["state"] == "finished" and run["counts"]["images_failed"] == 1
+    assert run["counts"]["merged"] and run["counts"]["annotations"] == 12
     for shard_file in sorted((out / "shards").iterdir()):
         schemas.validate(json.loads(shard_file.read_text()), "shard")
-    for entry in sorted((out / "ledger").iterdir()):
-        schemas.validate(json.loads(entry.read_text()), "ledger_entry")
-    summary_table = pq.read_table(out / "summary.parquet").to_pylist()
+    for coco_file in sorted((out / "coco").iterdir()):
+        schemas.validate(json.loads(coco_file.read_text()), "annotations")
+        COCO(str(coco_file))  # each shard's file loads on its own
+    for entry in ledger_of(out).values():
+        schemas.validate(dataclasses.asdict(entry), "ledger_entry")
+    summary_table = pq.read_table(out / "summary").to_pylist()
+    for row in summary_table:
+        schemas.validate(row, "summary_row")
     first = [r for r in summary_table if r["image_id"] == "im0"]
     assert {r["category"] for r in first} == {"dark", "bright"}
     assert sum(r["pixel_fraction"] for r in first) == pytest.approx(1.0)
@@ -119,15 +147,20 @@ def test_resume_skips_finished_shards_and_rewrites_nothing(tmp_path):
     run_labelling(config, fake_backend())
     out = root / "out"
     first = (out / "annotations.json").read_bytes()
-    stamps = {p: p.stat().st_mtime_ns for p in (out / "shards").iterdir()}
-    (out / "ledger" / "shard-000001.json").unlink()  # a crash between shard file and ledger write
+    files = [p for p in out.rglob("*.*") if p.parent.name in ("shards", "coco", "annotations")]
+    stamps = {p: p.stat().st_mtime_ns for p in files}
+    # A crash between shard 1's marker and its ledger entry: the entry says pending.
+    ledger = Ledger(Storage(str(out)))
+    entries = ledger.read()
+    ledger.compact({**entries, 1: dataclasses.replace(entries[1], state="pending")})
     (out / "shards" / "shard-000002.json").unlink()  # a shard that never finished
     segmenter = BrightnessSegmenter()
     run_labelling(config, fake_backend(segmenter))
     assert segmenter.calls == 1  # only shard 2 (one chunk) ran again
+    assert ledger_of(out)[1].state == "done" and ledger_of(out)[1].images_done == 3
     assert (out / "annotations.json").read_bytes() == first
     for path, stamp in stamps.items():
-        if path.name != "shard-000002.json":
+        if "shard-000002" not in path.name:
             assert path.stat().st_mtime_ns == stamp
 
 
@@ -152,8 +185,8 @@ def test_a_bug_fails_the_shard_with_its_traceback(tmp_path):
     root = make_dataset(tmp_path)
     summary = run_labelling(config_for(root), fake_backend(BrightnessSegmenter(always_fail=True)))
     assert not summary.ok and summary.shards_failed == 3
-    entry = json.loads((root / "out" / "ledger" / "shard-000000.json").read_text())
-    assert entry["state"] == "failed" and "ZeroDivisionError" in entry["traceback"]
+    entry = ledger_of(root / "out")[0]
+    assert entry.state == "failed" and "ZeroDivisionError" in entry.traceback
     assert json.loads((root / "out" / "run.json").read_text())["state"] == "failed"
     # the next run retries failed shards and, with the bug fixed, finishes
     assert run_labelling(config_for(root), fake_backend()).ok
@@ -184,13 +217,13 @@ def test_atomic_writes_leave_no_temporaries(tmp_path):
 def test_auto_global_blocks_calibrate_on_the_manifests_first_images(tmp_path):
     """Workers agree on the fused blocks: the recipe is resolved once, on the same images."""
     from pipeline import prepare_run
-    from pipeline.planning.manifest import first_uris
+    from pipeline.planning.manifest import first_uris, open_manifest
     from pipeline.running.recipe import SegmenterSpec, resolve_recipe
 
     root = make_dataset(tmp_path, count=5)
     config = config_for(root, model="demo", method=MethodConfig(global_blocks="auto"))
     run = prepare_run(config)
-    assert run.calibration_uris == tuple(first_uris(config.manifest, 5))
+    assert run.calibration_uris == tuple(first_uris(open_manifest(config.manifest), 5))
     assert run.calibration_uris == tuple(str(root / "img" / f"{i}.png") for i in range(5))
     spec = SegmenterSpec("demo", None, config.method)
     a, b = (resolve_recipe(spec, run.calibration_uris, 64) for _ in range(2))
@@ -201,7 +234,9 @@ def test_auto_global_blocks_calibrate_on_the_manifests_first_images(tmp_path):
         "method.cs_start_block": "calibration",
     }
     assert a.spec.method.cs_start_block == blocks[0]
-    fixed = config_for(root, model="demo", method=MethodConfig(global_blocks=(1, 2)))
+    fixed = config_for(
+        root, model="demo", method=MethodConfig(global_blocks=(1, 2)), output=str(root / "o2")
+    )
     assert prepare_run(fixed).calibration_uris == ()
 
 
@@ -216,5 +251,5 @@ def test_out_of_memory_is_retried_then_isolated_on_the_final_attempt(tmp_path):
     assert summary.images_failed == 1 and summary.images_labelled == 6
     failure = json.loads((root / "out" / "failures.jsonl").read_text())
     assert failure["image_id"] == "im4" and failure["error"] == "MemoryError"
-    entry = json.loads((root / "out" / "ledger" / "shard-000001.json").read_text())
-    assert entry["attempts"] == 2 and entry["retries"] == {"oom": 1} and entry["state"] == "done"
+    entry = ledger_of(root / "out")[1]
+    assert entry.attempts == 2 and entry.retries == {"oom": 1} and entry.state == "done"

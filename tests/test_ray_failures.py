@@ -7,7 +7,7 @@ import json
 import fakes
 import pytest
 from fakes import BrightnessSegmenter, BrokenFactory, OnceThen
-from test_pipeline_local import config_for, make_dataset
+from test_pipeline_local import config_for, ledger_of, make_dataset
 
 from pipeline import LocalBackend, RayBackend, SetupError, run_labelling
 
@@ -55,11 +55,11 @@ def test_a_hung_shard_is_restarted_after_its_deadline(ray_local, tmp_path):
     config = config_for(root, shard_timeout_s=4.0)
     summary = run_labelling(config, RayBackend(factory=OnceThen(marker, "hang")))
     assert summary.ok and summary.retries == {"timeout": 1}
-    entries = [json.loads(p.read_text()) for p in sorted((root / "out" / "ledger").iterdir())]
-    timed_out = [e for e in entries if e.get("retries")]
-    assert len(timed_out) == 1 and timed_out[0]["retries"] == {"timeout": 1}
-    assert timed_out[0]["attempts"] == 2 and timed_out[0]["state"] == "done"
-    assert [e["attempts"] for e in entries if not e.get("retries")] == [1, 1]  # none lost a try
+    entries = sorted(ledger_of(root / "out").values(), key=lambda e: e.shard)
+    timed_out = [e for e in entries if e.retries]
+    assert len(timed_out) == 1 and timed_out[0].retries == {"timeout": 1}
+    assert timed_out[0].attempts == 2 and timed_out[0].state == "done"
+    assert [e.attempts for e in entries if not e.retries] == [1, 1]  # none lost a try
     run = json.loads((root / "out" / "run.json").read_text())
     assert run["counts"]["retries"] == {"timeout": 1}
     assert (root / "out" / "annotations.json").read_bytes() == clean_annotations(root)

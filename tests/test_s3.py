@@ -51,7 +51,8 @@ def test_labelling_from_and_to_s3(s3_env, tmp_path):
     assert [im["image_id"] for im in coco["images"]] == [0, 1, 2, 3]
     bright = [a for a in coco["annotations"] if a["category_id"] == 2]
     assert [a["area"] for a in bright] == [16, 24, 32, 40]
-    assert storage.exists("labels/3.png") and storage.exists("ledger/shard-000002.json")
+    assert storage.exists("labels/3.png") and storage.exists("shards/shard-000002.json")
+    assert storage.exists("annotations/shard-000002.parquet") and storage.list("ledger")
     failure = json.loads(storage.read("failures.jsonl"))
     assert failure["image_id"] == 4 and failure["uri"].endswith("missing.png")
     # resume on S3: nothing left to do, same bytes

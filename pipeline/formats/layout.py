@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import re
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 RUN = "run.json"
-ANNOTATIONS = "annotations.json"
-FAILURES = "failures.jsonl"
-SUMMARY = "summary.parquet"
+# Per shard, written by its worker: the Parquet datasets, a COCO file, then the marker last.
+ANNOTATION_TABLES, SUMMARY_TABLES, COCO_SHARDS = "annotations", "summary", "coco"
 SHARDS, LEDGER, LABELS = "shards", "ledger", "labels"
+# Merged at the end of a run small enough for one file, or by `python -m jobs.merge`.
+ANNOTATIONS, FAILURES = "annotations.json", "failures.jsonl"
 EVALUATION, EVALUATION_TABLE, PREVIEWS = "evaluation.json", "evaluation.md", "previews"
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -28,11 +29,28 @@ def shard_name(index: int) -> str:
 
 
 def shard_path(index: int) -> str:
+    """The shard's marker: its presence means every other file of the shard is in place."""
     return f"{SHARDS}/{shard_name(index)}.json"
 
 
-def ledger_path(index: int) -> str:
-    return f"{LEDGER}/{shard_name(index)}.json"
+def coco_path(index: int) -> str:
+    return f"{COCO_SHARDS}/{shard_name(index)}.json"
+
+
+def annotation_table_path(index: int) -> str:
+    return f"{ANNOTATION_TABLES}/{shard_name(index)}.parquet"
+
+
+def summary_table_path(index: int) -> str:
+    return f"{SUMMARY_TABLES}/{shard_name(index)}.parquet"
+
+
+def ledger_state_path(generation: int) -> str:
+    return f"{LEDGER}/state-{generation:06d}.parquet"
+
+
+def ledger_segment_path(generation: int, sequence: int) -> str:
+    return f"{LEDGER}/segment-{generation:06d}-{sequence:06d}.jsonl"
 
 
 def label_file_name(image_id: str | int) -> str:

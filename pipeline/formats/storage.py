@@ -137,11 +137,11 @@ def read_bytes(uri: str, backoff: Backoff | None = None) -> bytes:
 class Storage:
     """A folder (local or object store) that a run writes its outputs under."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, create: bool = True) -> None:
         self.root = root
         self._fs, self._base = resolve(root)
         self._local = isinstance(self._fs, pafs.LocalFileSystem)
-        if self._local:
+        if self._local and create:
             self._fs.create_dir(self._base, recursive=True)
 
     def uri(self, relative: str) -> str:
@@ -195,6 +195,11 @@ class Storage:
             return data
 
         return retrying(read, self.uri(relative))
+
+    def delete(self, relative: str) -> None:
+        """Remove ``relative`` if it is there."""
+        if self.exists(relative):
+            self._fs.delete_file(self._path(relative))
 
     def exists(self, relative: str) -> bool:
         return bool(self._fs.get_file_info(self._path(relative)).type == pafs.FileType.File)

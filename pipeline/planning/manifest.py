@@ -1,23 +1,25 @@
-"""Parquet manifests: validation before any work, and deterministic shard plans.
+"""Parquet manifests: their files, footers and columns, read without a Python object per row.
 
 A manifest is one Parquet file, a folder of them, or a glob, on a local disk, ``file://`` or
 ``s3://`` (through ``pyarrow.fs``). Required columns: ``image_id`` (unique, non-null string or
 integer) and ``uri``; optional ``width``, ``height``, ``sha256``; other columns pass through.
+Files are taken in sorted order and rows in file order: that order is the plan's.
 """
 
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from urllib.parse import urlparse
 
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from pipeline.errors import InputError
-from pipeline.formats.layout import shard_name
-from pipeline.formats.storage import resolve
+from pipeline.formats.storage import resolve, retrying
 
 REQUIRED = ("image_id", "uri")
 OPTIONAL_TYPES = {
@@ -25,7 +27,8 @@ OPTIONAL_TYPES = {
     "height": pa.types.is_integer,
     "sha256": pa.types.is_string,
 }
-_MAX_LISTED = 5
+BATCH_ROWS = 1 << 16  # rows per streamed batch: bounds memory whatever the manifest's size
+MAX_LISTED = 5
 
 
 class ManifestError(InputError):
@@ -34,7 +37,7 @@ class ManifestError(InputError):
 
 @dataclass(frozen=True, slots=True)
 class ImageRecord:
-    """One manifest row that a worker needs: ``index`` is its position in the plan."""
+    """One manifest row that a worker needs: ``index`` is its COCO image id in the run."""
 
     index: int
     image_id: str | int
@@ -45,98 +48,136 @@ class ImageRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class Shard:
-    """A unit of work: consecutive manifest rows, named by position."""
+class ManifestFile:
+    """One Parquet file of a manifest: a location :func:`resolve` reads, and its row count."""
 
-    index: int
-    records: tuple[ImageRecord, ...]
+    uri: str
+    rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """A manifest's files in plan order, from their footers alone."""
+
+    location: str
+    files: tuple[ManifestFile, ...]
+    columns: tuple[str, ...]
+    id_kind: str  # "string" or "integer": the image_id column's type
 
     @property
-    def name(self) -> str:
-        return shard_name(self.index)
+    def rows(self) -> int:
+        return sum(f.rows for f in self.files)
 
 
-def read_manifest(location: str) -> pa.Table:
-    """Read and validate a manifest (all columns), in a deterministic row order."""
+def open_manifest(location: str) -> Manifest:
+    """List the manifest's files and check their schemas from the footers (no rows read).
+
+    Raises:
+        ManifestError: no file, an unreadable file, missing columns or wrong types.
+    """
     fs, path = resolve(location)
-    files = _parquet_files(fs, path, location)
-    try:
-        table = ds.dataset(files, filesystem=fs, format="parquet").to_table()
-    except (pa.ArrowInvalid, OSError) as err:
-        raise ManifestError(f"Cannot read manifest {location} as Parquet: {err}") from err
-    validate(table, location)
-    return table
+    paths = _parquet_files(fs, path, location)
+    with ThreadPoolExecutor(max_workers=16) as pool:  # footers of many S3 objects at once
+        schemas = list(pool.map(lambda p: _footer(fs, p, location), paths))
+    id_kind = None
+    for p, (schema, _) in zip(paths, schemas, strict=True):
+        validate_schema(schema, p)
+        kind = "integer" if pa.types.is_integer(schema.field("image_id").type) else "string"
+        if id_kind not in (None, kind):
+            raise ManifestError(
+                f"{p}: image_id is {kind} here but not in the files before it; every file of a "
+                "manifest needs the same image_id type."
+            )
+        id_kind = kind
+    files = tuple(
+        ManifestFile(_uri(location, p), rows) for p, (_, rows) in zip(paths, schemas, strict=True)
+    )
+    return Manifest(location, files, tuple(schemas[0][0].names), id_kind or "string")
 
 
-def first_uris(location: str, count: int) -> list[str]:
-    """The ``uri`` of the manifest's first ``count`` rows (in plan order), reading only those."""
-    fs, path = resolve(location)
-    dataset = ds.dataset(_parquet_files(fs, path, location), filesystem=fs, format="parquet")
-    uris: list[str] = dataset.head(count, columns=["uri"])["uri"].to_pylist()
+def validate_schema(schema: pa.Schema, where: str = "manifest") -> None:
+    """Raise :class:`ManifestError` for missing columns or wrong column types."""
+    missing = [c for c in REQUIRED if c not in schema.names]
+    if missing:
+        raise ManifestError(
+            f"{where} lacks column(s) {', '.join(missing)}; it has {', '.join(schema.names)}. "
+            "A manifest needs 'image_id' (unique) and 'uri' (path, file:// or s3:// URI)."
+        )
+    id_type = schema.field("image_id").type
+    if not (_is_string(id_type) or pa.types.is_integer(id_type)):
+        raise ManifestError(f"{where}: image_id must be string or integer, not {id_type}.")
+    if not _is_string(schema.field("uri").type):
+        raise ManifestError(
+            f"{where}: uri must be a string column, not {schema.field('uri').type}."
+        )
+    for name, check in OPTIONAL_TYPES.items():
+        if name in schema.names and not check(schema.field(name).type):
+            raise ManifestError(
+                f"{where}: optional column {name} has type {schema.field(name).type}."
+            )
+
+
+def id_batches(file: ManifestFile) -> Iterator[tuple[int, pa.Array, pa.Array]]:
+    """``(first row, image_id, uri)`` of each batch of ``file``, in row order."""
+    fs, path = resolve(file.uri)
+    with fs.open_input_file(path) as handle:
+        row = 0
+        for batch in pq.ParquetFile(handle).iter_batches(
+            batch_size=BATCH_ROWS, columns=["image_id", "uri"]
+        ):
+            yield row, batch.column(0), batch.column(1)
+            row += batch.num_rows
+
+
+def read_range(file: str, start: int, count: int) -> pa.Table:
+    """Rows ``start .. start + count`` of one manifest file (the columns a worker needs),
+    reading only the row groups that hold them."""
+
+    def read() -> pa.Table:
+        fs, path = resolve(file)
+        with fs.open_input_file(path) as handle:
+            parquet = pq.ParquetFile(handle)
+            groups: list[int] = []
+            first = offset = 0
+            for group in range(parquet.num_row_groups):
+                rows = parquet.metadata.row_group(group).num_rows
+                if offset + rows > start and offset < start + count:
+                    first = offset if not groups else first
+                    groups.append(group)
+                offset += rows
+            names = parquet.schema_arrow.names
+            columns = [c for c in (*REQUIRED, *OPTIONAL_TYPES) if c in names]
+            table = parquet.read_row_groups(groups, columns=columns)
+        return table.slice(start - first, count)
+
+    return retrying(read, f"{file} rows {start}..{start + count}")
+
+
+def first_uris(manifest: Manifest, count: int) -> list[str]:
+    """The ``uri`` of the manifest's first ``count`` rows, in plan order."""
+    uris: list[str] = []
+    for file in manifest.files:
+        if len(uris) >= count:
+            break
+        take = min(count - len(uris), file.rows)
+        uris += read_range(file.uri, 0, take)["uri"].to_pylist()
     return uris
 
 
-def validate(table: pa.Table, location: str = "manifest") -> None:
-    """Raise :class:`ManifestError` for missing columns, wrong types, null or duplicate ids."""
-    missing = [c for c in REQUIRED if c not in table.column_names]
-    if missing:
-        raise ManifestError(
-            f"{location} lacks column(s) {', '.join(missing)}; it has {', '.join(table.column_names)}. "
-            "A manifest needs 'image_id' (unique) and 'uri' (path, file:// or s3:// URI)."
-        )
-    id_type = table.schema.field("image_id").type
-    if not (
-        pa.types.is_string(id_type)
-        or pa.types.is_large_string(id_type)
-        or pa.types.is_integer(id_type)
-    ):
-        raise ManifestError(f"{location}: image_id must be string or integer, not {id_type}.")
-    uri_type = table.schema.field("uri").type
-    if not (pa.types.is_string(uri_type) or pa.types.is_large_string(uri_type)):
-        raise ManifestError(f"{location}: uri must be a string column, not {uri_type}.")
-    for name, check in OPTIONAL_TYPES.items():
-        if name in table.column_names and not check(table.schema.field(name).type):
-            raise ManifestError(
-                f"{location}: optional column {name} has type {table.schema.field(name).type}."
-            )
-    for column in REQUIRED:
-        nulls = pc.indices_nonzero(pc.is_null(table[column])).to_pylist()
-        if nulls:
-            raise ManifestError(
-                f"{location}: {column} is null in row(s) {_rows(nulls)}; every row needs one."
-            )
-    counts = pc.value_counts(table["image_id"])
-    duplicated = pc.filter(
-        counts.field("values"), pc.greater(counts.field("counts"), 1)
-    ).to_pylist()
-    if duplicated:
-        mask = pc.is_in(table["image_id"], value_set=pa.array(duplicated[:_MAX_LISTED]))
-        rows = pc.indices_nonzero(mask).to_pylist()
-        raise ManifestError(
-            f"{location}: {len(duplicated)} image_id value(s) repeat, e.g. {duplicated[:_MAX_LISTED]} "
-            f"in rows {_rows(rows)}; image ids must be unique."
-        )
+def rows_text(rows: list[int], total: int | None = None) -> str:
+    """``"0, 1, 2, 3, 4 and 7 more"``: a few row numbers of ``total`` for a message."""
+    total = len(rows) if total is None else total
+    shown = ", ".join(str(r) for r in rows[:MAX_LISTED])
+    return shown + (f" and {total - MAX_LISTED} more" if total > MAX_LISTED else "")
 
 
-def plan_shards(table: pa.Table, shard_size: int) -> list[Shard]:
-    """Split rows into shards of ``shard_size`` consecutive rows (the last may be shorter)."""
-    if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}.")
-    ids = table["image_id"].to_pylist()
-    uris = table["uri"].to_pylist()
-    widths = table["width"].to_pylist() if "width" in table.column_names else [None] * len(ids)
-    heights = table["height"].to_pylist() if "height" in table.column_names else [None] * len(ids)
-    digests = table["sha256"].to_pylist() if "sha256" in table.column_names else [None] * len(ids)
-    records = [
-        ImageRecord(i, image_id, uri, w, h, d)
-        for i, (image_id, uri, w, h, d) in enumerate(
-            zip(ids, uris, widths, heights, digests, strict=True)
-        )
-    ]
-    return [
-        Shard(index=n, records=tuple(records[start : start + shard_size]))
-        for n, start in enumerate(range(0, len(records), shard_size))
-    ]
+def _footer(fs: pafs.FileSystem, path: str, location: str) -> tuple[pa.Schema, int]:
+    try:
+        with fs.open_input_file(path) as handle:
+            metadata = pq.read_metadata(handle)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise ManifestError(f"Cannot read manifest {location} ({path}) as Parquet: {err}") from err
+    return metadata.schema.to_arrow_schema(), metadata.num_rows
 
 
 def _parquet_files(fs: pafs.FileSystem, path: str, location: str) -> list[str]:
@@ -161,6 +202,11 @@ def _parquet_files(fs: pafs.FileSystem, path: str, location: str) -> list[str]:
     return files
 
 
-def _rows(rows: list[int]) -> str:
-    shown = ", ".join(str(r) for r in rows[:_MAX_LISTED])
-    return shown + (f" and {len(rows) - _MAX_LISTED} more" if len(rows) > _MAX_LISTED else "")
+def _uri(location: str, path: str) -> str:
+    """A file system path back to a location :func:`resolve` reads (``s3://`` kept)."""
+    scheme = urlparse(location).scheme
+    return f"{scheme}://{path}" if len(scheme) > 1 and scheme != "file" else path
+
+
+def _is_string(type_: pa.DataType) -> bool:
+    return bool(pa.types.is_string(type_) or pa.types.is_large_string(type_))

@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-import schemas
 from gclip.metrics import SegmentationScores, confusion_matrix, scores
 from pipeline.formats.coco import CocoLabelMaps
-from pipeline.formats.layout import ANNOTATIONS, label_file_name
-from pipeline.formats.storage import Storage, read_bytes
+from pipeline.formats.layout import label_file_name
+from pipeline.formats.storage import read_bytes
+from pipeline.reading.predictions import Predictions
 
 IGNORE = 255
 GroundTruth = Callable[[dict[str, Any]], "np.ndarray | None"]  # image record -> labels or None
@@ -66,22 +66,28 @@ class Evaluation:
 
 
 def evaluate(predictions: str, ground_truth: str, values: str = "indices") -> Evaluation:
-    """Score ``predictions`` (a run's output folder) against ``ground_truth``."""
-    coco = json.loads(Storage(predictions).read(ANNOTATIONS))
-    schemas.validate(coco, "annotations")
-    categories = coco["categories"]
-    predicted_maps = CocoLabelMaps(coco)
-    k = len(categories)
-    truth_for = _ground_truth_reader(ground_truth, predicted_maps.category_to_index, values)
-    confusion = np.zeros((k, k + 1), np.int64)
+    """Score ``predictions`` (a run's output folder, or a COCO file) against ``ground_truth``.
+
+    One confusion matrix over every image, read one shard file at a time.
+    """
+    categories: list[dict[str, Any]] = []
+    confusion = np.zeros((0, 1), np.int64)
+    truth_for: GroundTruth | None = None
     missing, count = [], 0
-    for image in coco["images"]:
-        truth = truth_for(image)
-        if truth is None:
-            missing.append(str(image["image_id"]))
-            continue
-        confusion += confusion_matrix(truth, predicted_maps.label_map(image), k, IGNORE)
-        count += 1
+    for coco in Predictions(predictions):
+        predicted_maps = CocoLabelMaps(coco)
+        if truth_for is None:
+            categories = coco["categories"]
+            k = len(categories)
+            confusion = np.zeros((k, k + 1), np.int64)
+            truth_for = _ground_truth_reader(ground_truth, predicted_maps.category_to_index, values)
+        for image in coco["images"]:
+            truth = truth_for(image)
+            if truth is None:
+                missing.append(str(image["image_id"]))
+                continue
+            confusion += confusion_matrix(truth, predicted_maps.label_map(image), k, IGNORE)
+            count += 1
     if count == 0:
         raise ValueError(
             f"No prediction in {predictions} has ground truth in {ground_truth}; check the image ids."

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import random
 from typing import Any
 
@@ -12,8 +11,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.formats.coco import CocoLabelMaps
 from pipeline.formats.images import decode
-from pipeline.formats.layout import ANNOTATIONS, PREVIEWS, label_file_name
+from pipeline.formats.layout import PREVIEWS, label_file_name
 from pipeline.formats.storage import Storage, read_bytes
+from pipeline.reading.predictions import Predictions
 
 _ALPHA = 0.6
 _MAX_SIDE = 640  # previews are for eyes: the [image | overlay] pair is scaled to about this width
@@ -74,20 +74,29 @@ def _with_legend(picture: Image.Image, entries: list[tuple[str, tuple[int, ...]]
 
 
 def write_previews(output: str, count: int = 8, seed: int = 0, folder: str = PREVIEWS) -> list[str]:
-    """Render ``count`` sampled images of a run into ``OUTPUT/<folder>/``; return their paths."""
+    """Render ``count`` sampled images of a run into ``OUTPUT/<folder>/``; return their paths.
+
+    The sample is drawn shard first (a few shard files are read, not the whole run), then an
+    image within each; the same ``seed`` draws the same images.
+    """
     storage = Storage(output)
-    coco = json.loads(storage.read(ANNOTATIONS))
-    images = sorted(coco["images"], key=lambda im: im["id"])
-    sample = sorted(
-        random.Random(seed).sample(images, min(count, len(images))), key=lambda im: im["id"]
-    )
-    label_maps = CocoLabelMaps(coco)
-    written = []
-    for image in sample:
-        pixels = decode(read_bytes(image["file_name"]))
-        buffer = io.BytesIO()
-        render(pixels, label_maps.label_map(image), coco["categories"]).save(buffer, format="PNG")
-        relative = f"{folder}/{label_file_name(image['image_id'])}"
-        storage.write_atomic(relative, buffer.getvalue())
-        written.append(storage.uri(relative))
+    predictions = Predictions(output)
+    rng = random.Random(seed)
+    files = sorted(rng.sample(predictions.files, min(count, len(predictions.files))))
+    per_file = -(-count // max(1, len(files)))
+    written: list[str] = []
+    for relative in files:
+        coco = predictions.read(relative)
+        images = sorted(coco["images"], key=lambda im: im["id"])
+        label_maps = CocoLabelMaps(coco)
+        for image in sorted(rng.sample(images, min(per_file, len(images))), key=lambda i: i["id"]):
+            if len(written) == count:
+                break
+            pixels = decode(read_bytes(image["file_name"]))
+            buffer = io.BytesIO()
+            picture = render(pixels, label_maps.label_map(image), coco["categories"])
+            picture.save(buffer, format="PNG")
+            relative_png = f"{folder}/{label_file_name(image['image_id'])}"
+            storage.write_atomic(relative_png, buffer.getvalue())
+            written.append(storage.uri(relative_png))
     return written

@@ -1,43 +1,45 @@
-"""The coordinator: validate, resolve, resume, dispatch with backpressure, retry, finish.
+"""The coordinator: validate and plan, resolve, resume, dispatch, finish.
 
 Numbered steps of a run:
 1. :func:`prepare_run`, on the driver without Ray or torch: the weights source, the vocabulary
-   and the manifest are checked and the shards planned; any problem is an :class:`InputError`.
+   and the manifest (footers, then one streaming pass over its ids) are checked and the shards
+   planned against the previous plan in the output folder; the ledger is reconciled with the
+   shards' markers. Any problem is an :class:`InputError`. ``--dry-run`` stops here.
 2. :func:`execute` resolves the segmenter recipe once on the model (its depth's defaults,
    GCLIP's calibration), fingerprints the resolved settings and refuses an output folder that
-   holds a run with other ones (unless told otherwise).
-3. The ledger is reconciled with the shard files: finished shards are skipped, never rewritten
-   (``retry_failed`` relabels the failed images of finished shards, replacing their files).
-4. Shards are dispatched, at most ``executor.capacity`` in flight; a lost worker, an
-   out-of-memory error or a missed deadline is retried up to ``max_attempts``; an error of our
-   code fails the shard with its traceback; a worker that cannot build its model ends the run.
-5. The outputs are assembled from every finished shard and ``run.json`` says how it ended; a
-   crash at any step after 2 leaves ``run.json`` ``failed`` with the error.
+   holds a run with other ones (unless told otherwise), then writes the plan to the ledger.
+3. Shards are dispatched (:func:`pipeline.running.dispatch.dispatch`); finished shards are
+   never redone or rewritten (``retry_failed`` relabels the failed images of finished shards,
+   replacing their files).
+4. ``run.json`` is written from the ledger's counts, and a run small enough to be useful as one
+   file gets ``annotations.json`` merged from its shards. A crash at any step after 2 leaves
+   ``run.json`` ``failed`` with the error.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import traceback
-from collections import Counter
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Any
 
 import gclip
 from gclip.catalog import check_source, is_remote
-from gclip.config import to_json
 from pipeline.config import RunConfig, labelling_fingerprint
-from pipeline.errors import ConfigChangedError, InputError, SetupError, plain
-from pipeline.formats.layout import FORMAT_VERSION, SHARDS, shard_path
-from pipeline.formats.outputs import assemble, read_run, read_shard, write_run
+from pipeline.errors import ConfigChangedError, InputError, SetupError
+from pipeline.formats.coco import categories
+from pipeline.formats.layout import ANNOTATIONS, FAILURES, FORMAT_VERSION
+from pipeline.formats.outputs import merge, read_run, write_run
+from pipeline.formats.shard_files import ShardContext
 from pipeline.formats.storage import Storage, resolve
-from pipeline.planning.manifest import Shard, first_uris, plan_shards, read_manifest
+from pipeline.planning.manifest import Manifest, first_uris, open_manifest
+from pipeline.planning.plan import Plan
 from pipeline.running.backends import Backend
 from pipeline.running.dispatch import dispatch
-from pipeline.running.ledger import DONE, FAILED, PENDING, Ledger, ShardEntry
+from pipeline.running.ledger import DONE, Ledger, ShardEntry
 from pipeline.running.recipe import Resolution, SegmenterSpec
+from pipeline.running.records import coco_info, counts, now, run_record
+from pipeline.running.resume import plan_with_previous
 from pipeline.running.worker import ShardSettings
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ class RunSummary:
 
     Attributes:
         retries: attempts retried in this run, by cause (``died``, ``oom``, ``timeout``).
+        merged: ``annotations.json`` was written (the run was within ``merge_limit``).
     """
 
     shards: int
@@ -60,6 +63,7 @@ class RunSummary:
     seconds: float
     failures_by_error: dict[str, int] = field(default_factory=dict)
     retries: dict[str, int] = field(default_factory=dict)
+    merged: bool = False
 
     @property
     def ok(self) -> bool:
@@ -68,12 +72,24 @@ class RunSummary:
 
 @dataclass(frozen=True, slots=True)
 class PreparedRun:
-    """A validated, planned run: everything known before Ray or the model."""
+    """A validated, planned run: everything known before Ray or the model.
+
+    Attributes:
+        entries: the ledger's entry per planned shard, reconciled with the shards' markers.
+        previous: the output folder's ``run.json``, if it has one.
+    """
 
     config: RunConfig
     vocabulary: gclip.Vocabulary
-    shards: list[Shard]
+    manifest: Manifest
+    plan: Plan
+    entries: dict[int, ShardEntry]
+    previous: dict[str, Any] | None
     calibration_uris: tuple[str, ...]
+
+    @property
+    def done(self) -> int:
+        return sum(e.state == DONE for e in self.entries.values())
 
 
 def run_labelling(
@@ -90,7 +106,7 @@ def prepare_run(config: RunConfig) -> PreparedRun:
     """Step 1: check the weights source, vocabulary and manifest, and plan the shards.
 
     Raises:
-        InputError: naming the problem; nothing has started.
+        InputError: naming the problem; nothing has started and nothing was written.
     """
     try:
         check_source(config.model, config.pretrained)
@@ -101,17 +117,21 @@ def prepare_run(config: RunConfig) -> PreparedRun:
         vocabulary = gclip.load_vocabulary(
             config.vocabulary, config.background_first_line, config.threshold
         )
-        shards = plan_shards(read_manifest(config.manifest), config.shard_size)
+        storage = Storage(config.output, create=False)
+        previous = read_run(storage)
+        _check_format(storage, previous)
+        manifest = open_manifest(config.manifest)
+        plan, entries = plan_with_previous(storage, manifest, config.shard_size)
         uris: tuple[str, ...] = ()
         if config.method.needs_calibration:
             # Every worker and every resumed run fuse the same blocks: they come from the
             # manifest's first images, not from whichever shard a worker saw first.
-            uris = tuple(first_uris(config.manifest, CALIBRATION_IMAGES))
+            uris = tuple(first_uris(manifest, CALIBRATION_IMAGES))
     except InputError:
         raise
     except (ValueError, OSError) as err:
         raise InputError(str(err)) from err
-    return PreparedRun(config, vocabulary, shards, uris)
+    return PreparedRun(config, vocabulary, manifest, plan, entries, previous, uris)
 
 
 def execute(
@@ -120,13 +140,11 @@ def execute(
     allow_config_change: bool = False,
     retry_failed: bool = False,
 ) -> RunSummary:
-    """Steps 2-5 of a prepared run on ``backend`` (closed at the end)."""
+    """Steps 2-4 of a prepared run on ``backend`` (closed at the end)."""
     started = time.time()
-    config = run.config
+    config, vocabulary = run.config, run.vocabulary
     storage = Storage(config.output)
     try:
-        previous = read_run(storage)
-        _check_format(storage, previous)
         try:
             resolution = backend.resolve(
                 SegmenterSpec(config.model, config.pretrained, config.method, config.device),
@@ -134,35 +152,39 @@ def execute(
                 config.inference.crop,
             )
         except SetupError as err:
-            if previous is None:  # a first run leaves its failure where status looks
-                write_run(storage, _run_record(run, None, None, started, "failed", err))
+            if run.previous is None:  # a first run leaves its failure where status looks
+                record = run_record(config, vocabulary, None, None, started, "failed", err)
+                write_run(storage, record)
             raise
         weights = resolution.model.get("weights_sha256") or _seed(resolution)
         fingerprint = labelling_fingerprint(
-            config, resolution.spec.method, weights, run.vocabulary.fingerprint
+            config, resolution.spec.method, weights, vocabulary.fingerprint
         )
-        _check_fingerprint(storage, previous, fingerprint, allow_config_change)
-        write_run(storage, _run_record(run, resolution, fingerprint, started, "running"))
+        _check_fingerprint(storage, run.previous, fingerprint, allow_config_change)
+        record = run_record(config, vocabulary, resolution, fingerprint, started, "running")
+        write_run(storage, record)
         try:
-            counts, retries = _label(run, backend, storage, resolution, fingerprint, retry_failed)
+            totals, retries = _label(run, backend, storage, resolution, fingerprint, retry_failed)
         except BaseException as err:
             state = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
-            write_run(storage, _run_record(run, resolution, fingerprint, started, state, err))
+            record = run_record(config, vocabulary, resolution, fingerprint, started, state, err)
+            write_run(storage, record)
             raise
         seconds = time.time() - started
-        state = "finished" if counts["shards_failed"] == 0 else "failed"
-        record = _run_record(run, resolution, fingerprint, started, state)
-        record["counts"] = counts
-        record["timings"].update(finished=_now(), seconds=round(seconds, 3))
+        state = "finished" if totals["shards_failed"] == 0 else "failed"
+        record = run_record(config, vocabulary, resolution, fingerprint, started, state)
+        record["counts"] = totals
+        record["timings"].update(finished=now(), seconds=round(seconds, 3))
         write_run(storage, record)
         return RunSummary(
-            shards=counts["shards"],
-            shards_failed=counts["shards_failed"],
-            images_labelled=counts["images_labelled"],
-            images_failed=counts["images_failed"],
+            shards=totals["shards"],
+            shards_failed=totals["shards_failed"],
+            images_labelled=totals["images_labelled"],
+            images_failed=totals["images_failed"],
             seconds=seconds,
-            failures_by_error=counts["failures_by_error"],
+            failures_by_error=totals["failures_by_error"],
             retries=retries,
+            merged=totals["merged"],
         )
     finally:
         backend.close()
@@ -176,45 +198,53 @@ def _label(
     fingerprint: str,
     retry_failed: bool,
 ) -> tuple[dict[str, Any], dict[str, int]]:
-    """Steps 3-5: reconcile, dispatch, assemble; return the counts and the retries by cause."""
+    """Steps 3-4: persist the plan, dispatch, merge; return the counts and retries by cause."""
     config = run.config
-    ledger = Ledger(storage)
-    entries = _reconcile(storage, ledger, run.shards)
+    entries = dict(run.entries)
     retried = {
         i for i, e in entries.items() if retry_failed and e.state == DONE and e.images_failed
     }
     for index in retried:
         entries[index] = replace(entries[index], attempts=0)
-    todo = [s for s in run.shards if entries[s.index].state != DONE or s.index in retried]
+    ledger = Ledger(storage)
+    ledger.compact(entries)  # the plan, durable before any shard runs
+    todo = [s for s in run.plan.shards if entries[s.index].state != DONE or s.index in retried]
     log.info(
-        "%d shards planned, %d already done, %d to run (%d to relabel failed images)",
-        len(run.shards),
-        len(run.shards) - len(todo) + len(retried),
+        "%d shards planned (%d kept from the previous plan), %d done, %d to run, %d to relabel "
+        "failed images",
+        len(run.plan.shards),
+        run.plan.kept,
+        run.done,
         len(todo) - len(retried),
         len(retried),
     )
-    retries: Counter[str] = Counter()
+    info = coco_info(config, run.vocabulary, resolution, fingerprint)
+    retries: dict[str, int] = {}
     if todo:
         settings = ShardSettings(
-            vocabulary=run.vocabulary,
+            context=ShardContext(fingerprint, info, run.vocabulary, run.manifest.id_kind),
             inference=config.inference,
-            fingerprint=fingerprint,
             images_per_call=config.images_per_call,
             decode_threads=config.decode_threads,
             png_labels=config.png_labels,
         )
         executor = backend.executor(config, resolution.spec, settings)
         try:
-            retries = dispatch(executor, todo, entries, ledger, config.max_attempts, retried)
+            retries = dispatch(executor, todo, ledger, config.max_attempts, retried)
         finally:
             executor.shutdown()
-    done = [i for i, e in entries.items() if e.state == DONE]
-    info = _coco_info(config, run.vocabulary, resolution, fingerprint)
-    counts = assemble(storage, done, run.vocabulary, info)
-    failed = sum(1 for e in entries.values() if e.state == FAILED)
-    counts.update(shards=len(entries), shards_done=len(done), shards_failed=failed)
-    counts["retries"] = dict(retries)
-    return counts, dict(retries)
+            ledger.flush()
+    ledger.compact()
+    totals = counts(ledger.entries.values())
+    totals["retries"] = retries
+    totals["merged"] = config.merge_limit > 0 and totals["images_labelled"] <= config.merge_limit
+    if totals["merged"]:
+        done = sorted(i for i, e in ledger.entries.items() if e.state == DONE)
+        merge(storage, done, info, categories(run.vocabulary))
+    else:  # a merged file of an earlier, smaller run would be stale
+        storage.delete(ANNOTATIONS)
+        storage.delete(FAILURES)
+    return totals, retries
 
 
 def _check_format(storage: Storage, previous: dict[str, Any] | None) -> None:
@@ -243,92 +273,6 @@ def _check_fingerprint(
     log.warning("settings changed since the last run in %s; continuing as asked", storage.root)
 
 
-def _reconcile(storage: Storage, ledger: Ledger, shards: list[Shard]) -> dict[int, ShardEntry]:
-    """Ledger entries per shard; a shard file without a ``done`` entry (a crash between the two
-    writes) is adopted, and a ``done`` entry without its file is reset."""
-    known = ledger.read_all()
-    finished = set(storage.list(SHARDS))  # one listing, not a request per shard
-    entries: dict[int, ShardEntry] = {}
-    for shard in shards:
-        entry = known.get(shard.index, ShardEntry(shard.index))
-        has_file = shard_path(shard.index) in finished
-        if has_file and entry.state != DONE:
-            data = read_shard(storage, shard.index)
-            entry = ledger.write(
-                replace(
-                    entry,
-                    state=DONE,
-                    images_done=len(data["images"]),
-                    images_failed=len(data["failures"]),
-                )
-            )
-        elif not has_file and entry.state == DONE:
-            entry = ledger.write(replace(entry, state=PENDING))
-        elif entry.state == FAILED:  # a new run gives failed shards a new chance
-            entry = replace(entry, state=PENDING, attempts=0)
-        entries[shard.index] = entry
-    return entries
-
-
 def _seed(resolution: Resolution) -> str | None:
     seed = resolution.model.get("random_seed")
     return None if seed is None else f"random-seed:{seed}"
-
-
-def _coco_info(
-    config: RunConfig, vocabulary: gclip.Vocabulary, resolution: Resolution, fingerprint: str
-) -> dict[str, Any]:
-    return {
-        "description": "gclip-label pseudo-labels",
-        "version": "0.1.0",
-        "format_version": FORMAT_VERSION,
-        "model": config.model,
-        "pretrained": config.pretrained,
-        "weights_sha256": resolution.model.get("weights_sha256"),
-        "method": config.method.name,
-        "method_options": to_json(resolution.spec.method),
-        "inference": to_json(config.inference),
-        "vocabulary_sha256": vocabulary.fingerprint,
-        "thresholds": {
-            c.name: t for c, t in zip(vocabulary.classes, vocabulary.thresholds, strict=True)
-        },
-        "fingerprint": fingerprint,
-    }
-
-
-def _run_record(
-    run: PreparedRun,
-    resolution: Resolution | None,
-    fingerprint: str | None,
-    started: float,
-    state: str,
-    error: BaseException | None = None,
-) -> dict[str, Any]:
-    """``run.json``: the config as given and as resolved, with where each setting came from."""
-    record: dict[str, Any] = {
-        "state": state,
-        "format_version": FORMAT_VERSION,
-        "config": run.config.to_json(),
-        "settings_sources": dict(run.config.sources),
-        "fingerprint": fingerprint,
-        "vocabulary": run.vocabulary.to_json(),
-        "counts": {},
-        "timings": {"started": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds")},
-    }
-    if resolution is not None:
-        record["resolved"] = {
-            "method": to_json(resolution.spec.method),
-            "model": resolution.model,
-            "sources": resolution.sources,
-        }
-    if error is not None:
-        record["error"] = (
-            error.cause if isinstance(error, SetupError) else f"{type(error).__name__}: {error}"
-        )
-        trace = error.traceback if isinstance(error, SetupError) else traceback.format_exc()
-        record["traceback"] = plain(trace) if trace else None
-    return record
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -14,7 +14,7 @@ from dataclasses import replace
 from tqdm import tqdm
 
 from pipeline.errors import SetupError, plain
-from pipeline.planning.manifest import Shard
+from pipeline.planning.plan import Shard
 from pipeline.running.executors import DONE as ENDED_DONE
 from pipeline.running.executors import ERROR, INTERRUPTED, RETRYABLE, SETUP, Executor, Outcome
 from pipeline.running.ledger import DONE, FAILED, PENDING, Ledger, ShardEntry
@@ -26,18 +26,16 @@ log = logging.getLogger(__name__)
 def dispatch(
     executor: Executor,
     todo: list[Shard],
-    entries: dict[int, ShardEntry],
     ledger: Ledger,
     max_attempts: int,
     retried: set[int],
-) -> Counter[str]:
+) -> dict[str, int]:
     """Run ``todo`` to the end, at most ``executor.capacity`` attempts in flight.
 
     Args:
         executor: where attempts run.
         todo: the shards to run, in order.
-        entries: the ledger's entries by shard, updated in place as attempts end.
-        ledger: where each ended attempt is recorded.
+        ledger: holds every shard's entry; each ended attempt is recorded there.
         max_attempts: tries per shard for retryable causes (``died``, ``oom``, ``timeout``).
         retried: shards whose failed images only are relabelled (``--retry-failed``).
 
@@ -47,10 +45,10 @@ def dispatch(
     Raises:
         SetupError: a worker could not build its model; the run must end.
     """
+    entries = ledger.entries
     by_index = {s.index: s for s in todo}
     work = {
-        s.index: entries[s.index].images_failed if s.index in retried else len(s.records)
-        for s in todo
+        s.index: entries[s.index].images_failed if s.index in retried else s.count for s in todo
     }
     queue = deque(todo)
     in_flight = 0
@@ -80,7 +78,7 @@ def dispatch(
                     queue.append(by_index[outcome.shard])
                 else:
                     bar.update(work[outcome.shard])
-    return retries
+    return dict(retries)
 
 
 def _after_attempt(
@@ -96,6 +94,8 @@ def _after_attempt(
                 state=DONE,
                 images_done=r.images_done,
                 images_failed=r.images_failed,
+                annotations=r.annotations,
+                failures_by_error=r.failures_by_error,
                 seconds=r.seconds,
                 error=None,
                 traceback=None,

@@ -1,61 +1,195 @@
-"""The durable ledger: one small JSON file per shard under ``OUTPUT/ledger/``.
+"""The durable ledger: a compacted state plus append-only segments, read in a few requests.
 
-Only the coordinator writes it, atomically, after the shard file itself is in place; so a
-shard whose ledger entry says ``done`` always has its output, and a crash between the two
-writes is repaired on resume by reading the shard file back.
+``OUTPUT/ledger/state-GGGGGG.parquet`` holds every planned shard's entry (its descriptor and
+progress) as of generation G; ``segment-GGGGGG-SSSSSS.jsonl`` files hold the entries written
+since, in order. Reading is one listing, the newest state and its segments (fetched at once),
+however many shards there are. The coordinator batches entries into a segment every few
+seconds; compaction (a new state, then the older files deleted) happens when a run starts and
+ends, and every ``segments_per_state`` segments.
+
+Only the coordinator writes here, and a shard's outputs are complete before the ledger hears
+of them: entries lost with an unflushed segment are recovered on resume from the shards'
+marker files, so a crash never loses or repeats finished work.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Any
 
-from pipeline.formats.layout import LEDGER, ledger_path
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.formats.layout import LEDGER, ledger_segment_path, ledger_state_path
 from pipeline.formats.storage import Storage
+from pipeline.planning.plan import Shard
 
 PENDING, DONE, FAILED = "pending", "done", "failed"
+_STATE = re.compile(r"state-(\d{6})\.parquet$")
+_SEGMENT = re.compile(r"segment-(\d{6})-(\d{6})\.jsonl$")
+_DICTS = ("retries", "failures_by_error")  # held as JSON text in the state's Parquet
 
 
 @dataclass(frozen=True, slots=True)
 class ShardEntry:
-    """What the ledger knows of one shard.
+    """What the ledger knows of one shard: its descriptor, then its progress.
 
     Attributes:
+        shard, file, start, count, first_id, digest: the :class:`Shard` descriptor.
         attempts: attempts started (one given back when a shard was only interrupted).
+        annotations: annotations written, when done.
+        failures_by_error: failed images by error class, when done.
         retries: retried attempts by cause: ``died`` (worker lost), ``oom``, ``timeout``.
         error: the last error, as ``"Class: message"``.
         traceback: the traceback of a failed shard, when there is one.
     """
 
     shard: int
+    file: str
+    start: int
+    count: int
+    first_id: int
+    digest: str
     state: str = PENDING
     attempts: int = 0
     images_done: int = 0
     images_failed: int = 0
+    annotations: int = 0
+    failures_by_error: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     retries: dict[str, int] = field(default_factory=dict)
     error: str | None = None
     traceback: str | None = None
     updated: str = ""
 
+    @classmethod
+    def planned(cls, shard: Shard) -> ShardEntry:
+        return cls(shard.index, shard.file, shard.start, shard.count, shard.first_id, shard.digest)
+
+    @property
+    def descriptor(self) -> Shard:
+        return Shard(self.shard, self.file, self.start, self.count, self.first_id, self.digest)
+
+
+_INT, _TEXT = pa.int64(), pa.string()
+_SCHEMA = pa.schema(
+    [
+        *((name, _INT) for name in ("shard", "start", "count", "first_id")),
+        ("file", _TEXT),
+        ("digest", _TEXT),
+        ("state", _TEXT),
+        *((name, _INT) for name in ("attempts", "images_done", "images_failed", "annotations")),
+        ("failures_by_error", _TEXT),
+        ("seconds", pa.float64()),
+        ("retries", _TEXT),
+        ("error", _TEXT),
+        ("traceback", _TEXT),
+        ("updated", _TEXT),
+    ]
+)
+
 
 class Ledger:
-    """Read and write per-shard entries in ``OUTPUT/ledger/``."""
+    """The run's shard entries, in memory and on storage.
 
-    def __init__(self, storage: Storage) -> None:
+    Args:
+        storage: the run's output folder.
+        flush_s: at most this long between an entry's write and its segment.
+        segments_per_state: segments written before the state is compacted again.
+    """
+
+    def __init__(
+        self, storage: Storage, flush_s: float = 5.0, segments_per_state: int = 64
+    ) -> None:
         self._storage = storage
+        self._flush_s = flush_s
+        self._segments_per_state = segments_per_state
+        self.entries: dict[int, ShardEntry] = {}
+        self._generation = 0
+        self._sequence = 0
+        self._pending: list[ShardEntry] = []
+        self._flushed = time.monotonic()
 
-    def read_all(self) -> dict[int, ShardEntry]:
-        entries = {}
-        for relative in self._storage.list(LEDGER):
-            entry = ShardEntry(**json.loads(self._storage.read(relative)))
-            entries[entry.shard] = entry
-        return entries
+    def read(self) -> dict[int, ShardEntry]:
+        """Load the newest state and its segments (a few requests); return the entries."""
+        states, segments = {}, {}
+        for path in self._storage.list(LEDGER):
+            if match := _STATE.search(path):
+                states[int(match[1])] = path
+            elif match := _SEGMENT.search(path):
+                segments[(int(match[1]), int(match[2]))] = path
+        self._generation = max(states, default=0)
+        entries: dict[int, ShardEntry] = {}
+        if states:
+            table = pq.read_table(io.BytesIO(self._storage.read(states[self._generation])))
+            entries = {row["shard"]: _entry(row) for row in table.to_pylist()}
+        mine = sorted(k for k in segments if k[0] == self._generation)
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            texts = list(pool.map(lambda k: self._storage.read(segments[k]), mine))
+        for text in texts:
+            for line in text.decode().splitlines():
+                entry = _entry(json.loads(line))
+                entries[entry.shard] = entry
+        self._sequence = mine[-1][1] if mine else 0
+        self.entries = entries
+        return dict(entries)
+
+    def compact(self, entries: dict[int, ShardEntry] | None = None) -> None:
+        """Write every entry (``entries`` replace the known ones) as a new state; delete the
+        files it supersedes."""
+        self._pending.clear()
+        if entries is not None:
+            self.entries = dict(entries)
+        rows = [_row(e) for e in sorted(self.entries.values(), key=lambda e: e.shard)]
+        buffer = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows, schema=_SCHEMA), buffer, compression="zstd")
+        self._generation, self._sequence = self._generation + 1, 0
+        self._storage.write_atomic(ledger_state_path(self._generation), buffer.getvalue())
+        stale = [p for p in self._storage.list(LEDGER) if p != ledger_state_path(self._generation)]
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            list(pool.map(self._storage.delete, stale))
 
     def write(self, entry: ShardEntry) -> ShardEntry:
+        """Record ``entry`` (time-stamped); it reaches storage with the next segment."""
         entry = replace(entry, updated=datetime.now(UTC).isoformat(timespec="seconds"))
-        self._storage.write_atomic(
-            ledger_path(entry.shard), json.dumps(asdict(entry), indent=1).encode()
-        )
+        self.entries[entry.shard] = entry
+        self._pending.append(entry)
+        if time.monotonic() - self._flushed >= self._flush_s:
+            self.flush()
         return entry
+
+    def flush(self) -> None:
+        """Write the pending entries as one segment (or compact, every so many segments)."""
+        self._flushed = time.monotonic()
+        if not self._pending:
+            return
+        if self._sequence >= self._segments_per_state:
+            self.compact()
+            return
+        self._sequence += 1
+        text = "".join(json.dumps(asdict(e), separators=(",", ":")) + "\n" for e in self._pending)
+        self._storage.write_atomic(
+            ledger_segment_path(self._generation, self._sequence), text.encode()
+        )
+        self._pending.clear()
+
+
+def _row(entry: ShardEntry) -> dict[str, Any]:
+    row = asdict(entry)
+    for name in _DICTS:
+        row[name] = json.dumps(row[name], sort_keys=True)
+    return row
+
+
+def _entry(row: dict[str, Any]) -> ShardEntry:
+    values = dict(row)
+    for name in _DICTS:
+        if isinstance(values.get(name), str):
+            values[name] = json.loads(values[name])
+    return ShardEntry(**values)

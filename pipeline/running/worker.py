@@ -1,20 +1,20 @@
-"""Labelling one shard: decode, segment, encode, write. Knows nothing about Ray.
+"""Labelling one shard: read its rows, decode, segment, encode, write. Knows nothing about Ray.
 
 ``process_shard`` is a plain function of a segmenter and a shard task; the Ray actor in
 :mod:`pipeline.running.executors` is a thin shell that builds the segmenter once and calls it.
-The shard file is written last and atomically: its presence means the shard is done, and a
-rerun writes the same bytes to the same path.
+The worker reads its own rows from the manifest (the task holds a descriptor) and writes the
+shard's files (:mod:`pipeline.formats.shard_files`), its marker last and every one atomically:
+a rerun writes the same bytes to the same paths.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -24,10 +24,11 @@ from gclip import InferenceConfig, Vocabulary
 from pipeline.errors import is_out_of_memory
 from pipeline.formats import images as image_io
 from pipeline.formats.coco import encode_annotations
-from pipeline.formats.layout import label_path, shard_path
-from pipeline.formats.outputs import read_shard
+from pipeline.formats.layout import label_path
+from pipeline.formats.shard_files import ShardContext, ShardLabels, read_labels, write_shard
 from pipeline.formats.storage import Storage
-from pipeline.planning.manifest import ImageRecord, Shard
+from pipeline.planning.manifest import ImageRecord
+from pipeline.planning.plan import Shard, read_shard
 
 if TYPE_CHECKING:
     from gclip import Segmentation
@@ -45,14 +46,25 @@ class SegmenterLike(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ShardSettings:
-    """What a worker needs to label shards, besides the segmenter."""
+    """What a worker needs to label shards, besides the segmenter.
 
-    vocabulary: Vocabulary
+    Attributes:
+        context: what every shard file states (fingerprint, COCO info, vocabulary, id type).
+        inference: how images become label maps.
+        images_per_call: images handed to the segmenter at once.
+        decode_threads: image-decoding threads.
+        png_labels: also write indexed PNG label maps.
+    """
+
+    context: ShardContext
     inference: InferenceConfig
-    fingerprint: str
     images_per_call: int = 8
     decode_threads: int = 4
     png_labels: bool = False
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        return self.context.vocabulary
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +72,12 @@ class ShardTask:
     """One attempt at one shard.
 
     Attributes:
-        shard: the rows to label.
+        shard: the shard's descriptor; the worker reads its rows.
         attempt: 1 for the first try.
         final: no retry follows: an image that runs out of memory on its own is recorded as
             failed instead of failing the attempt.
-        retry_failed: relabel only the images the shard's file records as failed, and
-            replace the file with the merged result.
+        retry_failed: relabel only the images the shard's marker records as failed, and
+            replace its files with the merged result.
     """
 
     shard: Shard
@@ -76,48 +88,20 @@ class ShardTask:
 
 @dataclass(frozen=True, slots=True)
 class ShardResult:
-    """Counts reported back to the coordinator."""
+    """What the shard's marker says, reported back to the coordinator."""
 
     shard: int
     images_done: int
     images_failed: int
+    annotations: int
+    failures_by_error: dict[str, int]
     seconds: float
-
-
-@dataclass(slots=True)
-class _Labelled:
-    """A shard file's lists, in the manifest's row order once :meth:`ordered`."""
-
-    images: list[dict[str, Any]] = field(default_factory=list)
-    annotations: list[dict[str, Any]] = field(default_factory=list)
-    summary: list[dict[str, Any]] = field(default_factory=list)
-    failures: list[dict[str, Any]] = field(default_factory=list)
-
-    def merged(self, previous: dict[str, Any], retried: set[Any]) -> _Labelled:
-        """This retry's lists with the previous file's, minus the retried images' failures."""
-        return _Labelled(
-            previous["images"] + self.images,
-            previous["annotations"] + self.annotations,
-            previous["summary"] + self.summary,
-            [f for f in previous["failures"] if f["image_id"] not in retried] + self.failures,
-        )
-
-    def ordered(self, shard: Shard) -> _Labelled:
-        """Sorted by row (stably: an image's own order stays), so a file is the same whichever
-        attempt labelled which image."""
-        row = {str(r.image_id): r.index for r in shard.records}
-        return _Labelled(
-            sorted(self.images, key=lambda i: i["id"]),
-            sorted(self.annotations, key=lambda a: a["image_id"]),
-            sorted(self.summary, key=lambda s: row[s["image_id"]]),
-            sorted(self.failures, key=lambda f: row[str(f["image_id"])]),
-        )
 
 
 def process_shard(
     segmenter: SegmenterLike, task: ShardTask, settings: ShardSettings, storage: Storage
 ) -> ShardResult:
-    """Label every image of ``task.shard`` and write ``shards/shard-NNNNNN.json`` atomically.
+    """Label every image of ``task.shard`` and write its files, the marker last.
 
     Bad images become failure records. An error that fails every image is raised (a bug, or a
     broken model), so the coordinator fails the shard with its traceback; running out of memory
@@ -125,34 +109,31 @@ def process_shard(
     the images that do not fit on their own are recorded as failed.
     """
     start = time.perf_counter()
-    shard, records, previous = task.shard, task.shard.records, None
+    shard = task.shard
+    records = all_records = read_shard(shard)
+    previous = None
     if task.retry_failed:
-        previous = read_shard(storage, shard.index)
-        failed = {f["image_id"] for f in previous["failures"]}
-        records = tuple(r for r in records if r.image_id in failed)
-    labelled, model_errors = _label(segmenter, records, settings, storage, task.final)
-    if model_errors and not labelled.images and previous is None:
+        previous = read_labels(storage, shard.index)
+        failed = {f["image_id"] for f in previous.failures}
+        records = tuple(r for r in all_records if r.image_id in failed)
+    labels, model_errors = _label(segmenter, records, settings, storage, task.final)
+    if model_errors and not labels.images and previous is None:
         # Every decodable image failed inside the model: that is a bug or a broken model, not
         # bad input, so the shard fails (with a traceback) instead of recording N failures.
         # (Relabelling a shard's few failed images proves nothing of the kind.)
         error = RuntimeError(f"every image of {shard.name} failed in segmentation")
         raise error from model_errors[-1]
     if previous is not None:
-        labelled = labelled.merged(previous, {r.image_id for r in records})
-    labelled = labelled.ordered(shard)
-    payload = {
-        "shard": shard.index,
-        "fingerprint": settings.fingerprint,
-        "images": labelled.images,
-        "annotations": labelled.annotations,
-        "failures": labelled.failures,
-        "summary": labelled.summary,
-    }
-    storage.write_atomic(
-        shard_path(shard.index), json.dumps(payload, separators=(",", ":")).encode()
-    )
+        labels = labels.merged(previous, {r.image_id for r in records})
+    labels = labels.ordered({r.image_id: r.index for r in all_records})
+    marker = write_shard(storage, shard.index, shard.digest, labels, settings.context)
     return ShardResult(
-        shard.index, len(labelled.images), len(labelled.failures), time.perf_counter() - start
+        shard.index,
+        marker["images"],
+        marker["images_failed"],
+        marker["annotations"],
+        marker["failures_by_error"],
+        time.perf_counter() - start,
     )
 
 
@@ -162,13 +143,13 @@ def _label(
     settings: ShardSettings,
     storage: Storage,
     final: bool,
-) -> tuple[_Labelled, list[Exception]]:
+) -> tuple[ShardLabels, list[Exception]]:
     """Decode, segment and encode ``records``; write their PNG label maps if asked.
 
     Returns:
-        The labelled lists, and the errors of images that failed inside the model.
+        The labels, and the errors of images that failed inside the model.
     """
-    out = _Labelled()
+    out = ShardLabels()
     model_errors: list[Exception] = []
     for chunk in _chunks(_decoded(records, settings.decode_threads), settings.images_per_call):
         good = [(rec, img) for rec, img in chunk if isinstance(img, np.ndarray)]
@@ -281,7 +262,7 @@ def _summary_rows(
     names = {c.id: c.name for c in vocabulary.classes}
     return [
         {
-            "image_id": str(rec.image_id),
+            "image_id": rec.image_id,
             "category_id": ann["category_id"],
             "category": names[ann["category_id"]],
             "pixel_fraction": ann["area"] / pixels,

@@ -1,0 +1,205 @@
+"""One shard's output files, written by its worker, the marker last.
+
+For shard ``shard-NNNNNN``:
+
+* ``annotations/shard-NNNNNN.parquet``: a row per annotation: ``image_id`` (as in the manifest),
+  ``category_id``, ``category``, ``counts`` (COCO compressed RLE), ``height``, ``width``,
+  ``area``, ``bbox`` (x, y, w, h), ``score`` and the image's ``uri``;
+* ``summary/shard-NNNNNN.parquet``: per image and class, pixel fraction and mean confidence;
+* ``coco/shard-NNNNNN.json``: a complete COCO file of the shard's images;
+* ``shards/shard-NNNNNN.json``: the marker: counts, the digest of the rows' ids, the failures.
+
+Every file is written atomically and the marker last, so a marker means a complete shard, and
+a rerun writes the same bytes to the same paths. The Parquet files of all shards share one
+schema: each folder reads as one table (pyarrow, DuckDB, Ray Data, Spark).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import schemas
+from gclip import Vocabulary
+from pipeline.formats.coco import categories
+from pipeline.formats.layout import annotation_table_path, coco_path, shard_path, summary_table_path
+from pipeline.formats.storage import Storage
+
+ID_TYPES = {"string": pa.string(), "integer": pa.int64()}
+
+
+def annotation_schema(id_kind: str) -> pa.Schema:
+    """The ``annotations/`` dataset's schema; ``image_id`` keeps the manifest's type."""
+    return pa.schema(
+        [
+            ("image_id", ID_TYPES[id_kind]),
+            ("category_id", pa.int64()),
+            ("category", pa.string()),
+            ("counts", pa.string()),
+            ("height", pa.int32()),
+            ("width", pa.int32()),
+            ("area", pa.int64()),
+            ("bbox", pa.list_(pa.float64(), 4)),
+            ("score", pa.float64()),
+            ("uri", pa.string()),
+        ]
+    )
+
+
+def summary_schema(id_kind: str) -> pa.Schema:
+    """The ``summary/`` dataset's schema (for curation: sort and filter images by class)."""
+    return pa.schema(
+        [
+            ("image_id", ID_TYPES[id_kind]),
+            ("category_id", pa.int64()),
+            ("category", pa.string()),
+            ("pixel_fraction", pa.float64()),
+            ("mean_confidence", pa.float64()),
+        ]
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ShardContext:
+    """What every shard file of a run states besides its labels.
+
+    Attributes:
+        fingerprint: the run's settings fingerprint.
+        info: the COCO ``info`` record (model, method, settings).
+        vocabulary: the classes (COCO categories, category names).
+        id_kind: ``string`` or ``integer``: the manifest's image_id type.
+    """
+
+    fingerprint: str
+    info: dict[str, Any]
+    vocabulary: Vocabulary
+    id_kind: str
+
+
+@dataclass(slots=True)
+class ShardLabels:
+    """A shard's labels: COCO image records, annotations (no ``id``; ``image_id`` is the COCO
+    image id), summary rows and failure records."""
+
+    images: list[dict[str, Any]] = field(default_factory=list)
+    annotations: list[dict[str, Any]] = field(default_factory=list)
+    summary: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    def merged(self, previous: ShardLabels, relabelled: set[Any]) -> ShardLabels:
+        """These labels with ``previous``, whose failures of ``relabelled`` images are dropped."""
+        return ShardLabels(
+            previous.images + self.images,
+            previous.annotations + self.annotations,
+            previous.summary + self.summary,
+            [f for f in previous.failures if f["image_id"] not in relabelled] + self.failures,
+        )
+
+    def ordered(self, row_of: dict[Any, int]) -> ShardLabels:
+        """Sorted by manifest row (stably: an image's own order stays), so a file is the same
+        whichever attempt labelled which image. ``row_of``: manifest image_id -> row."""
+        return ShardLabels(
+            sorted(self.images, key=lambda i: i["id"]),
+            sorted(self.annotations, key=lambda a: a["image_id"]),
+            sorted(self.summary, key=lambda s: row_of[s["image_id"]]),
+            sorted(self.failures, key=lambda f: row_of[f["image_id"]]),
+        )
+
+
+def write_shard(
+    storage: Storage, index: int, digest: str, labels: ShardLabels, context: ShardContext
+) -> dict[str, Any]:
+    """Write the shard's files, the marker last; return the marker."""
+    coco = {
+        "info": context.info,
+        "categories": categories(context.vocabulary),
+        "images": labels.images,
+        "annotations": [{**a, "id": n} for n, a in enumerate(labels.annotations, start=1)],
+    }
+    storage.write_atomic(
+        annotation_table_path(index),
+        _parquet(annotation_rows(labels, context.vocabulary), annotation_schema(context.id_kind)),
+    )
+    storage.write_atomic(
+        summary_table_path(index), _parquet(labels.summary, summary_schema(context.id_kind))
+    )
+    storage.write_atomic(coco_path(index), _json(coco))
+    marker = {
+        "shard": index,
+        "fingerprint": context.fingerprint,
+        "digest": digest,
+        "images": len(labels.images),
+        "images_failed": len(labels.failures),
+        "annotations": len(labels.annotations),
+        "failures_by_error": dict(Counter(f["error"] for f in labels.failures).most_common()),
+        "failures": labels.failures,
+    }
+    storage.write_atomic(shard_path(index), _json(marker))
+    return marker
+
+
+def read_marker(storage: Storage, index: int) -> dict[str, Any]:
+    marker: dict[str, Any] = json.loads(storage.read(shard_path(index)))
+    return marker
+
+
+def read_coco(storage: Storage, index: int) -> dict[str, Any]:
+    coco: dict[str, Any] = json.loads(storage.read(coco_path(index)))
+    return coco
+
+
+def read_labels(storage: Storage, index: int) -> ShardLabels:
+    """A finished shard's labels, as :func:`write_shard` was given them."""
+    coco = read_coco(storage, index)
+    annotations = [{k: v for k, v in a.items() if k != "id"} for a in coco["annotations"]]
+    summary = pq.read_table(io.BytesIO(storage.read(summary_table_path(index)))).to_pylist()
+    return ShardLabels(
+        coco["images"], annotations, summary, read_marker(storage, index)["failures"]
+    )
+
+
+def annotation_rows(labels: ShardLabels, vocabulary: Vocabulary) -> list[dict[str, Any]]:
+    """One flat row per annotation, for the ``annotations/`` dataset."""
+    names = {c.id: c.name for c in vocabulary.classes}
+    images = {image["id"]: image for image in labels.images}
+    rows = []
+    for ann in labels.annotations:
+        image = images[ann["image_id"]]
+        rows.append(
+            {
+                "image_id": image["image_id"],
+                "category_id": ann["category_id"],
+                "category": names[ann["category_id"]],
+                "counts": ann["segmentation"]["counts"],
+                "height": image["height"],
+                "width": image["width"],
+                "area": ann["area"],
+                "bbox": ann["bbox"],
+                "score": ann["score"],
+                "uri": image["file_name"],
+            }
+        )
+    return rows
+
+
+def validate_rows(rows: Sequence[dict[str, Any]], name: str) -> None:
+    """Check Parquet rows (as dicts) against their JSON Schema (``annotation_row``...)."""
+    for row in rows:
+        schemas.validate(row, name)
+
+
+def _parquet(rows: list[dict[str, Any]], schema: pa.Schema) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buffer, compression="zstd")
+    return buffer.getvalue()
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()

@@ -1,0 +1,107 @@
+"""Image ids in bulk: 64-bit row hashes (to find duplicates in bounded memory) and digests of
+id ranges (to notice a manifest that changed under finished shards).
+
+Both read Arrow's buffers directly, so ten million ids take seconds and no Python object per
+row. String ids are hashed over their UTF-8 bytes, integer ids over their int64 values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pyarrow as pa
+
+# Odd 64-bit multipliers (from splitmix64); arithmetic on uint64 arrays wraps mod 2**64.
+_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
+_MIX_1, _MIX_2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_powers = np.ones(1, dtype=np.uint64)
+
+
+def is_string(array: pa.Array) -> bool:
+    return bool(pa.types.is_string(array.type) or pa.types.is_large_string(array.type))
+
+
+def row_hashes(array: pa.Array) -> np.ndarray:
+    """A 64-bit hash per id (no nulls): the value itself for integers, a polynomial hash of
+    the bytes for strings. Equal ids hash equal; different ids collide with odds near 2**-64.
+
+    Returns:
+        ``N`` uint64.
+    """
+    if not is_string(array):
+        return np.asarray(array.cast(pa.int64()).to_numpy(zero_copy_only=False)).view(np.uint64)
+    offsets, data = _string_buffers(array)
+    lengths = np.diff(offsets)  # N
+    starts = offsets[:-1] - offsets[0]  # N, into data
+    # position of every byte inside its own id, then sum of (byte + 1) * M**position per id
+    positions = np.arange(len(data), dtype=np.int64) - np.repeat(starts, lengths)
+    terms = (data.astype(np.uint64) + np.uint64(1)) * _power_table(int(lengths.max(initial=0)))[
+        positions
+    ]
+    sums = np.add.reduceat(np.append(terms, np.uint64(0)), starts) if len(starts) else terms
+    sums = np.where(lengths > 0, sums, np.uint64(0))  # reduceat gives a neighbour for empties
+    return _mix(sums ^ (lengths.astype(np.uint64) * _MULTIPLIER))
+
+
+class RangeDigest:
+    """sha256 of a range of ids, fed in pieces: the same digest however the range is split.
+
+    Lengths and bytes go to separate streams, so concatenating pieces never changes what is
+    hashed; integer ids feed their int64 values.
+    """
+
+    def __init__(self) -> None:
+        self._lengths = hashlib.sha256()
+        self._data = hashlib.sha256()
+        self._kind = b""
+
+    def update(self, array: pa.Array) -> None:
+        if is_string(array):
+            offsets, data = _string_buffers(array)
+            self._kind = b"string"
+            self._lengths.update(np.diff(offsets).astype("<i8").tobytes())
+            self._data.update(data.tobytes())
+        else:
+            self._kind = b"int64"
+            values = array.cast(pa.int64()).to_numpy(zero_copy_only=False)
+            self._data.update(np.asarray(values, dtype="<i8").tobytes())
+
+    def hexdigest(self) -> str:
+        joined = self._kind + self._lengths.digest() + self._data.digest()
+        return hashlib.sha256(joined).hexdigest()
+
+
+def digest(array: pa.Array) -> str:
+    """:class:`RangeDigest` of one array."""
+    builder = RangeDigest()
+    builder.update(array)
+    return builder.hexdigest()
+
+
+def _string_buffers(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """``(offsets, data)`` of a (possibly sliced) string array: N + 1 int64 offsets into the
+    whole data buffer, and the uint8 bytes this slice spans."""
+    wide = pa.types.is_large_string(array.type)
+    buffers = array.buffers()
+    offsets = np.frombuffer(buffers[1], dtype=np.int64 if wide else np.int32)
+    offsets = offsets[array.offset : array.offset + len(array) + 1].astype(np.int64)
+    data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.empty(0)
+    return offsets, data[offsets[0] : offsets[-1]].astype(np.uint8, copy=False)
+
+
+def _power_table(length: int) -> np.ndarray:
+    """``M**k mod 2**64`` for ``k < length`` (grown on demand, kept between calls)."""
+    global _powers
+    if len(_powers) < length:
+        table = np.full(length, _MULTIPLIER, dtype=np.uint64)
+        table[0] = 1
+        _powers = np.cumprod(table, dtype=np.uint64)
+    return _powers
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: spreads every input bit over the whole hash."""
+    x = (x ^ (x >> np.uint64(30))) * _MIX_1
+    x = (x ^ (x >> np.uint64(27))) * _MIX_2
+    return x ^ (x >> np.uint64(31))

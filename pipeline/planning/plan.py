@@ -1,0 +1,251 @@
+"""Shard plans: small descriptors cut from manifest metadata; workers read their own rows.
+
+A shard is a range of rows of one manifest file, ``(file, start, count)``, with ``first_id``
+(the COCO image id of its first row; its rows take the ids that follow) and ``digest`` (of its
+image ids). Planning reads the files' footers and streams the ``image_id`` and ``uri`` columns
+once, in batches: nulls and duplicates are found there (duplicates through 8 bytes a row), and
+the digests computed.
+
+A resumed run plans against the previous plan: its shards are kept where their rows are
+unchanged, the rows no kept shard covers (a manifest that grew) get new shards, and a finished
+shard whose rows changed is refused.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.formats.layout import shard_name
+from pipeline.planning.ids import RangeDigest, digest, row_hashes
+from pipeline.planning.manifest import (
+    MAX_LISTED,
+    ImageRecord,
+    Manifest,
+    ManifestError,
+    id_batches,
+    read_range,
+    rows_text,
+)
+
+Range = tuple[str, int, int]  # (file, start, count)
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """A unit of work: ``count`` rows of ``file`` from ``start``.
+
+    Attributes:
+        index: the shard's number, which names its files.
+        file: the manifest file (a location :func:`pipeline.formats.storage.resolve` reads).
+        start: first row, in the file.
+        count: rows.
+        first_id: COCO image id of the first row; row ``k`` gets ``first_id + k``.
+        digest: sha256 of the rows' image ids (:mod:`pipeline.planning.ids`).
+    """
+
+    index: int
+    file: str
+    start: int
+    count: int
+    first_id: int
+    digest: str
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.index)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The shards of a run, by index, and how many came from the previous plan."""
+
+    shards: tuple[Shard, ...]
+    rows: int
+    kept: int = 0
+
+    @property
+    def images(self) -> int:
+        return sum(s.count for s in self.shards)
+
+
+def plan_shards(
+    manifest: Manifest,
+    shard_size: int,
+    previous: Sequence[Shard] = (),
+    finished: Iterable[int] = (),
+) -> Plan:
+    """Validate the manifest's rows and cut them into shards.
+
+    Args:
+        manifest: from :func:`pipeline.planning.manifest.open_manifest`.
+        shard_size: rows per new shard (a file's last shard may be shorter).
+        previous: the plan of an earlier run into the same output, if any.
+        finished: indices of its shards that are done.
+
+    Raises:
+        ManifestError: null or repeated ids or uris, or rows that changed under a finished shard.
+    """
+    if shard_size < 1:
+        raise ManifestError(f"shard_size must be >= 1, got {shard_size}.")
+    done = set(finished)
+    rows = {f.uri: f.rows for f in manifest.files}
+    candidates = [s for s in previous if s.start + s.count <= rows.get(s.file, -1)]
+    gone = [s for s in previous if s not in candidates]
+    _refuse_changed([s for s in gone if s.index in done], manifest)
+    ranges = _ranges(manifest, candidates, shard_size)
+    digests = _scan(manifest, ranges)
+    kept = [s for s in candidates if digests[(s.file, s.start, s.count)] == s.digest]
+    _refuse_changed([s for s in candidates if s not in kept and s.index in done], manifest)
+    if len(kept) < len(candidates):  # rows changed under unfinished shards: plan them anew
+        ranges = _ranges(manifest, kept, shard_size)
+        changed = {s.file for s in candidates if s not in kept}
+        digests.update(_scan(manifest, [r for r in ranges if r[0] in changed], validate=False))
+    return _number(kept, ranges, digests, previous, manifest.rows)
+
+
+def read_shard(shard: Shard) -> tuple[ImageRecord, ...]:
+    """The shard's rows, read by the worker; they must still be the rows that were planned.
+
+    Raises:
+        ManifestError: the rows' image ids changed since the run was planned.
+    """
+    table = read_range(shard.file, shard.start, shard.count)
+    if table.num_rows != shard.count or digest(table["image_id"].combine_chunks()) != shard.digest:
+        raise ManifestError(
+            f"{shard.file} rows {shard.start}..{shard.start + shard.count} changed since the run "
+            "was planned; a manifest must not change while a run reads it."
+        )
+    columns = {name: table[name].to_pylist() for name in table.column_names}
+    none = [None] * table.num_rows
+    return tuple(
+        ImageRecord(
+            shard.first_id + k,
+            columns["image_id"][k],
+            columns["uri"][k],
+            columns.get("width", none)[k],
+            columns.get("height", none)[k],
+            columns.get("sha256", none)[k],
+        )
+        for k in range(table.num_rows)
+    )
+
+
+def _ranges(manifest: Manifest, kept: Sequence[Shard], shard_size: int) -> list[Range]:
+    """Every range of the plan: the kept shards', and new ones over the rows they leave."""
+    by_file: dict[str, list[Shard]] = defaultdict(list)
+    for shard in kept:
+        by_file[shard.file].append(shard)
+    ranges: list[Range] = []
+    for file in manifest.files:
+        row = 0
+        stops: list[Shard | None] = [*sorted(by_file[file.uri], key=lambda s: s.start), None]
+        for stop in stops:  # new shards fill each gap before a kept shard, then the file's end
+            end = file.rows if stop is None else stop.start
+            ranges += [(file.uri, a, min(shard_size, end - a)) for a in range(row, end, shard_size)]
+            if stop is not None:
+                ranges.append((file.uri, stop.start, stop.count))
+                row = stop.start + stop.count
+    return ranges
+
+
+def _number(
+    kept: Sequence[Shard],
+    ranges: Sequence[Range],
+    digests: Mapping[Range, str],
+    previous: Sequence[Shard],
+    rows: int,
+) -> Plan:
+    """Kept shards keep their index and ids; new ones take the next free ones, in row order."""
+    by_range = {(s.file, s.start, s.count): s for s in kept}
+    index = max((s.index + 1 for s in previous), default=0)
+    first_id = max((s.first_id + s.count for s in previous), default=0)
+    shards = []
+    for file, start, count in ranges:
+        shard = by_range.get((file, start, count))
+        if shard is None:
+            shard = Shard(index, file, start, count, first_id, digests[(file, start, count)])
+            index, first_id = index + 1, first_id + count
+        shards.append(shard)
+    return Plan(tuple(sorted(shards, key=lambda s: s.index)), rows, kept=len(kept))
+
+
+def _scan(manifest: Manifest, ranges: Sequence[Range], validate: bool = True) -> dict[Range, str]:
+    """One streaming pass: the digest of every range; with ``validate``, nulls and duplicates.
+
+    Memory: one batch of rows, a digest per range, and (validating) 8 bytes a row of hashes.
+    """
+    by_file: dict[str, list[Range]] = defaultdict(list)
+    for r in ranges:
+        by_file[r[0]].append(r)
+    digests: dict[Range, str] = {}
+    hashes: list[np.ndarray] = []
+    nulls: dict[str, list[int]] = {"image_id": [], "uri": []}  # the first few rows
+    null_counts = {"image_id": 0, "uri": 0}
+    base = 0
+    for file in manifest.files:
+        if not validate and file.uri not in by_file:
+            base += file.rows
+            continue
+        builders = {r: RangeDigest() for r in by_file[file.uri]}
+        for row, ids, uris in id_batches(file):
+            for name, column in (("image_id", ids), ("uri", uris)):
+                if column.null_count:
+                    where = np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))
+                    nulls[name] += (base + row + where[:MAX_LISTED]).tolist()
+                    null_counts[name] += column.null_count
+            if validate and not ids.null_count:
+                hashes.append(row_hashes(ids))
+            for r, builder in builders.items():
+                lo, hi = max(r[1], row), min(r[1] + r[2], row + len(ids))
+                if lo < hi:
+                    builder.update(ids.slice(lo - row, hi - lo))
+        digests.update({r: b.hexdigest() for r, b in builders.items()})
+        base += file.rows
+    for name, null_rows in nulls.items():
+        if null_rows:
+            raise ManifestError(
+                f"{manifest.location}: {name} is null in row(s) "
+                f"{rows_text(null_rows, null_counts[name])}; every row needs one."
+            )
+    if validate and hashes:
+        _refuse_duplicates(manifest, np.concatenate(hashes))
+    return digests
+
+
+def _refuse_duplicates(manifest: Manifest, hashes: np.ndarray) -> None:
+    """Find repeated ids from their row hashes; confirm them on the ids themselves."""
+    ordered = np.sort(hashes)
+    suspects = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+    if not len(suspects):
+        return
+    rows_of: dict[str | int, list[int]] = defaultdict(list)
+    base = 0
+    for file in manifest.files:  # a second pass, over the few suspect rows only
+        for row, ids, _ in id_batches(file):
+            where = np.flatnonzero(np.isin(row_hashes(ids), suspects))
+            for k in where.tolist():
+                rows_of[ids[k].as_py()].append(base + row + k)
+        base += file.rows
+    repeated = [value for value, rows in rows_of.items() if len(rows) > 1]
+    if repeated:
+        shown = repeated[:MAX_LISTED]
+        rows = sorted(r for value in shown for r in rows_of[value])
+        raise ManifestError(
+            f"{manifest.location}: {len(repeated)} image_id value(s) repeat, e.g. {shown} in rows "
+            f"{rows_text(rows)}; image ids must be unique."
+        )
+
+
+def _refuse_changed(shards: Sequence[Shard], manifest: Manifest) -> None:
+    if shards:
+        first = shards[0]
+        raise ManifestError(
+            f"{manifest.location}: the rows of {len(shards)} finished shard(s) changed since they "
+            f"were labelled, e.g. {first.name} ({first.file} rows {first.start}.."
+            f"{first.start + first.count}). Appending rows or files is fine; changing or removing "
+            "labelled ones is not: label into a new --output."
+        )

@@ -1,0 +1,98 @@
+"""What a run states about itself: ``run.json`` and the COCO ``info`` of its files."""
+
+from __future__ import annotations
+
+import traceback
+from collections import Counter
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import gclip
+from gclip.config import to_json
+from pipeline.config import RunConfig
+from pipeline.errors import SetupError, plain
+from pipeline.formats.layout import FORMAT_VERSION
+from pipeline.running.ledger import DONE, FAILED, ShardEntry
+from pipeline.running.recipe import Resolution
+
+
+def coco_info(
+    config: RunConfig, vocabulary: gclip.Vocabulary, resolution: Resolution, fingerprint: str
+) -> dict[str, Any]:
+    """The COCO ``info`` record: model, weights, method as resolved, settings, vocabulary."""
+    return {
+        "description": "gclip-label pseudo-labels",
+        "version": "0.1.0",
+        "format_version": FORMAT_VERSION,
+        "model": config.model,
+        "pretrained": config.pretrained,
+        "weights_sha256": resolution.model.get("weights_sha256"),
+        "method": config.method.name,
+        "method_options": to_json(resolution.spec.method),
+        "inference": to_json(config.inference),
+        "vocabulary_sha256": vocabulary.fingerprint,
+        "thresholds": {
+            c.name: t for c, t in zip(vocabulary.classes, vocabulary.thresholds, strict=True)
+        },
+        "fingerprint": fingerprint,
+    }
+
+
+def counts(entries: Iterable[ShardEntry]) -> dict[str, Any]:
+    """The run's counts, summed over the ledger's entries (no shard file is read)."""
+    totals: dict[str, Any] = dict.fromkeys(
+        ("shards", "shards_done", "shards_failed", "images_labelled", "images_failed"), 0
+    )
+    totals["annotations"] = 0
+    by_error: Counter[str] = Counter()
+    for entry in entries:
+        totals["shards"] += 1
+        totals["shards_failed"] += entry.state == FAILED
+        if entry.state == DONE:
+            totals["shards_done"] += 1
+            totals["images_labelled"] += entry.images_done
+            totals["images_failed"] += entry.images_failed
+            totals["annotations"] += entry.annotations
+            by_error.update(entry.failures_by_error)
+    totals["failures_by_error"] = dict(by_error.most_common())
+    return totals
+
+
+def run_record(
+    config: RunConfig,
+    vocabulary: gclip.Vocabulary,
+    resolution: Resolution | None,
+    fingerprint: str | None,
+    started: float,
+    state: str,
+    error: BaseException | None = None,
+) -> dict[str, Any]:
+    """``run.json``: the config as given and as resolved, with where each setting came from."""
+    record: dict[str, Any] = {
+        "state": state,
+        "format_version": FORMAT_VERSION,
+        "config": config.to_json(),
+        "settings_sources": dict(config.sources),
+        "fingerprint": fingerprint,
+        "vocabulary": vocabulary.to_json(),
+        "counts": {},
+        "timings": {"started": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds")},
+    }
+    if resolution is not None:
+        record["resolved"] = {
+            "method": to_json(resolution.spec.method),
+            "model": resolution.model,
+            "sources": resolution.sources,
+        }
+    if error is not None:
+        record["error"] = (
+            error.cause if isinstance(error, SetupError) else f"{type(error).__name__}: {error}"
+        )
+        trace = error.traceback if isinstance(error, SetupError) else traceback.format_exc()
+        record["traceback"] = plain(trace) if trace else None
+    return record
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
