@@ -12,7 +12,6 @@ model build in the worker).
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +24,8 @@ from PIL import Image
 import gclip
 from gclip.demo_world import generate_scene, vocabulary_text
 from pipeline import RayBackend, load_run_config, run_labelling
+from pipeline.formats.storage import Storage
+from pipeline.running.ledger import Ledger
 
 
 def make_images(folder: Path, count: int, size: int) -> list[np.ndarray]:
@@ -78,11 +79,11 @@ def main() -> None:
         wall_s = time.perf_counter() - start
         # Steady state: every shard but the first, whose time includes the worker's warm-up
         # (first forward, text embeddings).
-        ledger = sorted((folder / "out" / "ledger").iterdir())
-        entries = [json.loads(p.read_text()) for p in ledger]
+        ledger = Ledger(Storage(str(folder / "out"))).read()
+        entries = [ledger[i] for i in sorted(ledger)]
         steady = entries[1:] or entries
-        shard_s = sum(e["seconds"] for e in steady)
-        steady_images = sum(e["images_done"] for e in steady)
+        shard_s = sum(e.seconds for e in steady)
+        steady_images = sum(e.images_done for e in steady)
     assert summary.ok
     n = args.images
     print(

@@ -17,16 +17,22 @@ from pipeline import LocalBackend, RunConfig, run_labelling
 from pipeline.formats.layout import label_file_name
 
 
-@pytest.fixture
-def finished_run(tmp_path):
+@pytest.fixture(params=["merged", "sharded"])
+def finished_run(tmp_path, request):
+    """A run read back from its merged annotations.json, or from its COCO shard files only."""
     root = make_dataset(tmp_path, count=4)
     config = RunConfig(
         manifest=str(root / "m.parquet"),
         vocabulary=str(root / "vocab.txt"),
         output=str(root / "out"),
         shard_size=2,
+        merge_limit=100 if request.param == "merged" else 0,
     )
     assert run_labelling(config, LocalBackend(BrightnessSegmenter())).ok
+    if request.param == "merged":
+        for shard in (root / "out" / "coco").iterdir():
+            shard.unlink()  # only the merged file is left to read
+    assert (root / "out" / "annotations.json").exists() == (request.param == "merged")
     return root
 
 

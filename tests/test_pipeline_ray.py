@@ -10,8 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pytest
-from test_pipeline_local import ledger_of
+from test_pipeline_local import assert_same_outputs, ledger_of
 
 from pipeline import LocalBackend, RayBackend, RunConfig, load_run_config, run_labelling
 
@@ -46,14 +47,15 @@ def demo_config(output, **flags) -> RunConfig:
 
 @pytest.fixture(scope="module")
 def clean_run(tmp_path_factory):
+    """The output folder of an uninterrupted in-process run."""
     out = tmp_path_factory.mktemp("clean")
     assert run_labelling(demo_config(out), LocalBackend()).ok
-    return (out / "annotations.json").read_bytes()
+    return out
 
 
 def test_ray_run_equals_in_process_run(ray_local, tmp_path, clean_run):
     assert run_labelling(demo_config(tmp_path, num_workers=2), RayBackend()).ok
-    assert (tmp_path / "annotations.json").read_bytes() == clean_run
+    assert_same_outputs(tmp_path, clean_run)
 
 
 def test_a_peer_is_resolved_in_a_ray_task_and_runs(ray_local, tmp_path):
@@ -93,12 +95,11 @@ def test_killed_worker_is_retried(ray_local, tmp_path, clean_run):
     assert backend.killed and summary.ok and summary.retries == {"died": 1}
     attempts = {e.attempts for e in ledger_of(tmp_path).values()}
     assert 2 in attempts  # at least one shard needed a second attempt
-    assert (tmp_path / "annotations.json").read_bytes() == clean_run
+    assert_same_outputs(tmp_path, clean_run)
 
 
-def test_driver_killed_then_resumed_equals_clean(tmp_path, clean_run):
-    out = tmp_path / "out"
-    command = [
+def job_command(output) -> list[str]:
+    return [
         sys.executable,
         "-m",
         "jobs.label",
@@ -107,13 +108,18 @@ def test_driver_killed_then_resumed_equals_clean(tmp_path, clean_run):
         "--vocabulary",
         str(DEMO / "vocabulary.txt"),
         "--output",
-        str(out),
+        str(output),
         "--model",
         "demo",
         "--shard-size",
         "3",
         *ARGS,
     ]
+
+
+def kill_mid_run(command, finished) -> None:
+    """Start the job, wait until ``finished()`` says a shard is done, then kill -9 the driver
+    and the embedded Ray it started."""
     driver = subprocess.Popen(
         command,
         cwd=ROOT,
@@ -122,10 +128,16 @@ def test_driver_killed_then_resumed_equals_clean(tmp_path, clean_run):
         stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 120
-    while time.time() < deadline and not (out / "shards" / "shard-000001.json").exists():
+    while time.time() < deadline and not finished():
         time.sleep(0.05)
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the embedded Ray it started
+    os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
+
+
+def test_driver_killed_then_resumed_equals_clean(tmp_path, clean_run):
+    out = tmp_path / "out"
+    command = job_command(out)
+    kill_mid_run(command, lambda: (out / "shards" / "shard-000001.json").exists())
     finished = sorted(p.name for p in (out / "shards").iterdir())
     assert finished and len(finished) < 6, "the kill should land mid-run"
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir()}
@@ -138,6 +150,31 @@ def test_driver_killed_then_resumed_equals_clean(tmp_path, clean_run):
     resumed = [sys.executable, "-c", no_torch, *command[3:]]
     result = subprocess.run(resumed, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert (out / "annotations.json").read_bytes() == clean_run
+    assert_same_outputs(out, clean_run)
     for name, stamp in stamps.items():
         assert (out / "shards" / name).stat().st_mtime_ns == stamp  # finished shards not rewritten
+
+
+def test_driver_killed_then_resumed_on_s3_equals_clean(s3_env, tmp_path, clean_run):
+    fs, prefix = s3_env, "labels/killed"
+
+    def marker_exists() -> bool:
+        return fs.get_file_info(f"{prefix}/shards/shard-000001.json").is_file
+
+    command = job_command(f"s3://{prefix}")
+    kill_mid_run(command, marker_exists)
+    markers = fs.get_file_info(pafs.FileSelector(f"{prefix}/shards"))
+    assert markers and len(markers) < 6, "the kill should land mid-run"
+    stamps = {i.path: i.mtime_ns for i in markers}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    local = tmp_path / "copy"  # the S3 output, copied down to compare file by file
+    for info in fs.get_file_info(pafs.FileSelector(prefix, recursive=True)):
+        if info.is_file:
+            target = local / info.path.removeprefix(prefix + "/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with fs.open_input_stream(info.path) as stream:
+                target.write_bytes(stream.read())
+    assert_same_outputs(local, clean_run)
+    for path, stamp in stamps.items():
+        assert fs.get_file_info(path).mtime_ns == stamp  # finished shards not rewritten

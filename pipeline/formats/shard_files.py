@@ -19,14 +19,12 @@ from __future__ import annotations
 import io
 import json
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-import schemas
 from gclip import Vocabulary
 from pipeline.formats.coco import categories
 from pipeline.formats.layout import annotation_table_path, coco_path, shard_path, summary_table_path
@@ -187,12 +185,6 @@ def annotation_rows(labels: ShardLabels, vocabulary: Vocabulary) -> list[dict[st
             }
         )
     return rows
-
-
-def validate_rows(rows: Sequence[dict[str, Any]], name: str) -> None:
-    """Check Parquet rows (as dicts) against their JSON Schema (``annotation_row``...)."""
-    for row in rows:
-        schemas.validate(row, name)
 
 
 def _parquet(rows: list[dict[str, Any]], schema: pa.Schema) -> bytes:

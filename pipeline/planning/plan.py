@@ -93,17 +93,20 @@ def plan_shards(
         raise ManifestError(f"shard_size must be >= 1, got {shard_size}.")
     done = set(finished)
     rows = {f.uri: f.rows for f in manifest.files}
-    candidates = [s for s in previous if s.start + s.count <= rows.get(s.file, -1)]
-    gone = [s for s in previous if s not in candidates]
+    fits = [s.start + s.count <= rows.get(s.file, -1) for s in previous]
+    candidates = [s for s, ok in zip(previous, fits, strict=True) if ok]
+    gone = [s for s, ok in zip(previous, fits, strict=True) if not ok]
     _refuse_changed([s for s in gone if s.index in done], manifest)
     ranges = _ranges(manifest, candidates, shard_size)
     digests = _scan(manifest, ranges)
-    kept = [s for s in candidates if digests[(s.file, s.start, s.count)] == s.digest]
-    _refuse_changed([s for s in candidates if s not in kept and s.index in done], manifest)
-    if len(kept) < len(candidates):  # rows changed under unfinished shards: plan them anew
+    same = [digests[(s.file, s.start, s.count)] == s.digest for s in candidates]
+    kept = [s for s, ok in zip(candidates, same, strict=True) if ok]
+    changed = [s for s, ok in zip(candidates, same, strict=True) if not ok]
+    _refuse_changed([s for s in changed if s.index in done], manifest)
+    if changed:  # rows changed under unfinished shards: plan them anew
         ranges = _ranges(manifest, kept, shard_size)
-        changed = {s.file for s in candidates if s not in kept}
-        digests.update(_scan(manifest, [r for r in ranges if r[0] in changed], validate=False))
+        files = {s.file for s in changed}
+        digests.update(_scan(manifest, [r for r in ranges if r[0] in files], validate=False))
     return _number(kept, ranges, digests, previous, manifest.rows)
 
 
