@@ -24,6 +24,7 @@ RUN_FLAGS = (
     "pretrained",
     "method_options",
     "num_workers",
+    "model_cpus",
     "shard_size",
     "images_per_call",
     "decode_threads",
@@ -73,7 +74,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--method-options", type=json.loads, help="JSON, e.g. '{\"global_blocks\": [6, 7]}'"
     )
-    p.add_argument("--num-workers", type=int)
+    p.add_argument("--num-workers", type=int, help="model actors (default: one per GPU, or one)")
+    p.add_argument(
+        "--model-cpus",
+        type=float,
+        help="CPUs each model actor holds (default: 1 beside a GPU; on CPU clusters what a "
+        "quarter of the CPUs for host tasks leaves); host tasks take the rest",
+    )
     p.add_argument("--shard-size", type=int)
     p.add_argument("--images-per-call", type=int, help="images whose windows share batches")
     p.add_argument("--decode-threads", type=int, help="image-decoding threads per worker")

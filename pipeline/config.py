@@ -44,7 +44,11 @@ class RunConfig:
         background_first_line: the vocabulary's first line is background (``cls_voc21.txt``).
         threshold: vocabulary-wide minimum probability (overrides the file's).
         shard_size: images per shard.
-        num_workers: model actors (one GPU each where GPUs exist).
+        num_workers: model actors, one GPU each where GPUs exist; ``None``: one per GPU of
+            the cluster, else one.
+        model_cpus: CPUs each model actor holds; ``None``: 1 beside a GPU, else what is left
+            after a quarter of the CPUs for the host tasks (reading, decoding, encoding,
+            writing), which take the CPUs the actors leave.
         images_per_call: images handed to the segmenter at once (their windows share batches).
         decode_threads: image-decoding threads per worker.
         max_attempts: tries per shard when its worker dies, runs out of memory or times out.
@@ -70,7 +74,8 @@ class RunConfig:
     background_first_line: bool = False
     threshold: float | None = None
     shard_size: int = 256
-    num_workers: int = 1
+    num_workers: int | None = None
+    model_cpus: float | None = None
     images_per_call: int = 8
     decode_threads: int = 4
     max_attempts: int = 3

@@ -13,7 +13,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.formats.storage import read_bytes
 from pipeline.planning.manifest import ImageRecord
@@ -57,6 +57,12 @@ def decode(data: bytes) -> np.ndarray:
                     f"{image.width}x{image.height} exceeds the {MAX_PIXELS}-pixel decompression-bomb limit"
                 )
             image.load()
+        except UnidentifiedImageError as err:
+            # Pillow's message names a BytesIO object's address: not the same in two runs, and
+            # failure records must be (a rerun writes the same bytes).
+            raise ImageDecodeError(
+                "not an image, or a format Pillow cannot read (unknown or corrupt header)"
+            ) from err
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             raise ImageDecodeError(f"refused as a decompression bomb: {err}") from err
     return to_rgb(ImageOps.exif_transpose(image))

@@ -93,6 +93,7 @@ class RayBackend:
             config.output,
             config.num_workers,
             shard_timeout_s=config.shard_timeout_s,
+            model_cpus=config.model_cpus,
         )
 
     def close(self) -> None:

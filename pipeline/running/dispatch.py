@@ -97,6 +97,7 @@ def _after_attempt(
                 annotations=r.annotations,
                 failures_by_error=r.failures_by_error,
                 seconds=r.seconds,
+                host_seconds=r.host_seconds,
                 error=None,
                 traceback=None,
             )

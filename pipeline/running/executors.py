@@ -1,4 +1,9 @@
-"""Where shards run: Ray actors (one model each) or in process. The coordinator swaps them.
+"""Where shards run: on Ray, in three stages, or in process. The coordinator swaps them.
+
+On Ray each shard attempt is a chain: a host task reads and decodes (CPU), a model actor
+labels (one model, one GPU where the cluster has them), a host task encodes and writes. Ray
+passes each stage's output to the next through its object store, and the model actor never
+waits on a decode it could have had ready: host tasks run on the CPUs the actors leave.
 
 An executor takes shard tasks and reports, per task, one :class:`Outcome` whose ``kind``
 classifies how it ended: ``done``; ``error`` (our code raised: a bug, not retried); ``setup``
@@ -21,11 +26,15 @@ from typing import Any, Protocol
 from pipeline.errors import SetupError, describe, is_out_of_memory, plain
 from pipeline.formats.storage import Storage
 from pipeline.running.worker import (
+    DecodedShard,
+    SegmentedShard,
     SegmenterLike,
     ShardResult,
     ShardSettings,
     ShardTask,
-    process_shard,
+    decode_shard,
+    encode_shard,
+    segment_shard,
 )
 
 log = logging.getLogger(__name__)
@@ -70,9 +79,9 @@ class Executor(Protocol):
 
 
 class LabelWorker:
-    """The worker body (a Ray actor in :class:`RayExecutor`): builds the segmenter once, then
-    labels shards with :func:`process_shard`. Construction does no work, so a Ray restart
-    always succeeds and a failing model build surfaces as a :class:`SetupError` from
+    """The model stage (a Ray actor in :class:`RayExecutor`): builds the segmenter once, then
+    labels decoded shards with :func:`segment_shard`. Construction does no work, so a Ray
+    restart always succeeds and a failing model build surfaces as a :class:`SetupError` from
     :meth:`setup`, with its cause."""
 
     def __init__(self, factory: SegmenterFactory, settings: ShardSettings, output: str) -> None:
@@ -97,10 +106,16 @@ class LabelWorker:
                 raise SetupError(describe(err), plain(traceback.format_exc())) from err
         return os.getpid()
 
-    def process(self, task: ShardTask) -> ShardResult:
+    def segment(self, decoded: DecodedShard) -> SegmentedShard:
         self.setup()  # a no-op unless Ray restarted this actor
         assert self._segmenter is not None
-        return process_shard(self._segmenter, task, self._settings, Storage(self._output))
+        return segment_shard(self._segmenter, decoded, self._settings)
+
+    def process(self, task: ShardTask) -> ShardResult:
+        """All three stages, in this process."""
+        storage = Storage(self._output)
+        decoded = decode_shard(task, self._settings, storage)
+        return encode_shard(self.segment(decoded), self._settings, storage)
 
     def pid(self) -> int:
         """The worker's process id: answers once the actor is (re)built; tests kill it."""
@@ -140,9 +155,10 @@ class InProcessExecutor:
 
 @dataclass(slots=True)
 class _Attempt:
-    ref: Any
+    ref: Any  # the last stage's result
     task: ShardTask
-    started: float | None  # when it began running: attempts on one actor run one at a time
+    started: float | None  # when it became first in its actor's queue (it runs one at a time)
+    host_refs: tuple[Any, ...] = ()  # the host tasks, cancelled if the attempt times out
 
 
 @dataclass(slots=True)
@@ -161,13 +177,19 @@ class _Slot:
 
 
 class RayExecutor:
-    """``num_workers`` Ray actors, each with one model and (where the cluster has them) one GPU.
+    """Model actors (``num_workers``; by default one per GPU of the cluster, else one) fed by
+    host tasks on the CPUs the actors leave.
 
     Every actor builds its model before it gets work; an actor whose model cannot be built
     ends the run (:class:`SetupError`), one that dies while building is rebuilt up to
-    ``setup_attempts`` times. Two attempts per actor are kept in flight so the next shard's
-    images decode while the model works. An attempt running longer than ``shard_timeout_s``
-    has its actor restarted and is reported as ``timeout``.
+    ``setup_attempts`` times. ``per_worker`` attempts per actor are in flight, so one shard
+    decodes and another encodes while the model labels a third; that bound is the
+    backpressure that keeps memory flat. An attempt whose turn on its actor lasts longer than
+    ``shard_timeout_s`` has its actor restarted and is reported as ``timeout``.
+
+    Args:
+        model_cpus: CPUs each actor holds (default: 1 beside a GPU; on CPU-only clusters the
+            CPUs left after a quarter for host tasks, shared between the actors).
     """
 
     def __init__(
@@ -175,11 +197,12 @@ class RayExecutor:
         factory: SegmenterFactory,
         settings: ShardSettings,
         output: str,
-        num_workers: int,
-        per_worker: int = 2,
+        num_workers: int | None = None,
+        per_worker: int = 3,
         shard_timeout_s: float = 3600.0,
         setup_timeout_s: float = 1800.0,
         setup_attempts: int = 3,
+        model_cpus: float | None = None,
     ) -> None:
         import ray
 
@@ -188,7 +211,10 @@ class RayExecutor:
         self._shard_timeout_s = shard_timeout_s
         self._setup_timeout_s = setup_timeout_s
         self._setup_attempts = setup_attempts
-        options = _actor_options(ray.cluster_resources(), num_workers)
+        self._output = output
+        resources = ray.cluster_resources()
+        num_workers = num_workers or max(1, int(resources.get("GPU", 0)))
+        options = _actor_options(resources, num_workers, model_cpus)
         self._actor_class = ray.remote(LabelWorker).options(**options)
         self._actor_args = (factory, settings, output)
         self._slots = [
@@ -196,7 +222,11 @@ class RayExecutor:
         ]
         for slot in self._slots:
             slot.setup_ref = slot.actor.setup.remote()
-        log.info("started %d Ray workers (%s)", num_workers, options)
+        # Host stages: idempotent, so Ray may rerun one whose worker died (its own retries).
+        self._settings_ref = ray.put(settings)
+        self._decode = ray.remote(num_cpus=1)(decode_stage)
+        self._encode = ray.remote(num_cpus=1)(encode_stage)
+        log.info("started %d model actors (%s); host tasks take 1 CPU each", num_workers, options)
 
     @property
     def actors(self) -> list[Any]:
@@ -210,7 +240,10 @@ class RayExecutor:
     def submit(self, task: ShardTask) -> None:
         slot = min((s for s in self._slots if s.ready), key=lambda s: len(s.attempts))
         started = None if slot.attempts else time.monotonic()
-        slot.attempts.append(_Attempt(slot.actor.process.remote(task), task, started))
+        decoded = self._decode.remote(task, self._settings_ref, self._output)
+        segmented = slot.actor.segment.remote(decoded)
+        written = self._encode.remote(segmented, self._settings_ref, self._output)
+        slot.attempts.append(_Attempt(written, task, started, (decoded, written)))
 
     def wait(self) -> list[Outcome]:
         refs = {a.ref: slot for slot in self._slots for a in slot.attempts}
@@ -277,25 +310,32 @@ class RayExecutor:
         return ended
 
     def _outcome(self, task: ShardTask, ref: Any) -> tuple[Outcome, bool]:
-        """The attempt's outcome, and whether its actor was lost."""
+        """The attempt's outcome, and whether its actor was lost.
+
+        A stage's error reaches the last stage's result: wrapped in a ``RayTaskError`` whose
+        cause is the error of our code, or of Ray (a lost actor, worker or object).
+        """
         exceptions = self._ray.exceptions
-        index = task.shard.index
-        try:
-            return Outcome(index, DONE, result=self._ray.get(ref)), False
-        except exceptions.RayTaskError as err:  # our code raised inside the worker
-            cause = getattr(err, "cause", None) or err
-            if isinstance(cause, SetupError):
-                return Outcome(index, SETUP, error=cause.cause, traceback=cause.traceback), False
-            kind = OOM if is_out_of_memory(cause) else ERROR
-            return Outcome(index, kind, error=describe(cause), traceback=plain(str(err))), False
-        except (
+        lost_types = (
             exceptions.OutOfMemoryError,
             exceptions.RayActorError,
             exceptions.WorkerCrashedError,
             exceptions.ObjectLostError,
-        ) as err:
-            kind = OOM if is_out_of_memory(err) else DIED
-            return Outcome(index, kind, error=_first_line(err)), True
+        )
+        index = task.shard.index
+        try:
+            return Outcome(index, DONE, result=self._ray.get(ref)), False
+        except exceptions.RayError as err:
+            cause = getattr(err, "cause", None) or err
+            if isinstance(err, lost_types) or isinstance(cause, lost_types):
+                kind = OOM if is_out_of_memory(err) else DIED
+                return Outcome(index, kind, error=_first_line(cause)), True
+            if not isinstance(err, exceptions.RayTaskError):
+                raise
+            if isinstance(cause, SetupError):
+                return Outcome(index, SETUP, error=cause.cause, traceback=cause.traceback), False
+            kind = OOM if is_out_of_memory(cause) else ERROR
+            return Outcome(index, kind, error=describe(cause), traceback=plain(str(err))), False
 
     def _next_deadline(self) -> float | None:
         """Seconds until the earliest running attempt or pending setup is overdue."""
@@ -331,6 +371,9 @@ class RayExecutor:
                 self._shard_timeout_s,
             )
             self._ray.kill(slot.actor, no_restart=False)
+            for attempt in slot.attempts:
+                for ref in attempt.host_refs:
+                    self._ray.cancel(ref, force=True)
             message = (
                 f"TimeoutError: the attempt ran past its {self._shard_timeout_s:.0f} s deadline "
                 "(--shard-timeout); its worker was restarted"
@@ -361,16 +404,42 @@ class RayExecutor:
                 time.sleep(0.5)
 
 
-def _actor_options(resources: dict[str, float], num_workers: int) -> dict[str, Any]:
-    """One GPU per actor where the cluster has GPUs, else a fair share of the CPUs."""
+def decode_stage(task: ShardTask, settings: ShardSettings, output: str) -> DecodedShard:
+    """The first stage as a host task."""
+    return decode_shard(task, settings, Storage(output))
+
+
+def encode_stage(segmented: SegmentedShard, settings: ShardSettings, output: str) -> ShardResult:
+    """The last stage as a host task."""
+    return encode_shard(segmented, settings, Storage(output))
+
+
+def _actor_options(
+    resources: dict[str, float], num_workers: int, model_cpus: float | None
+) -> dict[str, Any]:
+    """One GPU per actor where the cluster has GPUs, else a share of the CPUs that leaves a
+    quarter of them (at least one) to the host tasks."""
     options: dict[str, Any] = {"max_restarts": -1, "max_task_retries": 0}
+    cpus = int(resources.get("CPU", 1))
     if resources.get("GPU", 0) >= 1:
-        options.update(num_gpus=1, num_cpus=1)  # the other CPUs stay free for decoding
+        options.update(num_gpus=1, num_cpus=1 if model_cpus is None else model_cpus)
     else:
-        # Ray caps a CPU actor's torch threads at its num_cpus: share the CPUs out.
-        options["num_cpus"] = max(1, int(resources.get("CPU", 1)) // num_workers)
+        # Ray caps a CPU actor's torch threads at its num_cpus: share out what host tasks leave
+        # (a fraction of a CPU each when there are more actors than CPUs to share).
+        share = (cpus - max(1, cpus // 4)) / num_workers
+        if model_cpus is not None:
+            share = model_cpus
+        options["num_cpus"] = int(share) if share >= 1 else share
+    if "num_gpus" not in options and options["num_cpus"] * num_workers > cpus - 1:
+        log.error(
+            "%d model actors of %s CPUs leave no CPU of %d for the host tasks (decoding, "
+            "encoding): lower --model-cpus or --num-workers",
+            num_workers,
+            options["num_cpus"],
+            cpus,
+        )
     kind = "GPU" if "num_gpus" in options else "CPU"
-    wanted = num_workers * options.get("num_gpus", options["num_cpus"])
+    wanted = num_workers * (options["num_gpus"] if kind == "GPU" else options["num_cpus"])
     if wanted > resources.get(kind, 0):
         log.warning(
             "%d workers need %s %s but the cluster has %s now: some workers wait until the "

@@ -43,6 +43,8 @@ class ShardEntry:
     Attributes:
         shard, file, start, count, first_id, digest: the :class:`Shard` descriptor.
         attempts: attempts started (one given back when a shard was only interrupted).
+        seconds: the finished attempt's stages, summed; ``host_seconds`` of which reading,
+            decoding, encoding and writing.
         annotations: annotations written, when done.
         failures_by_error: failed images by error class, when done.
         retries: retried attempts by cause: ``died`` (worker lost), ``oom``, ``timeout``.
@@ -63,6 +65,7 @@ class ShardEntry:
     annotations: int = 0
     failures_by_error: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    host_seconds: float = 0.0
     retries: dict[str, int] = field(default_factory=dict)
     error: str | None = None
     traceback: str | None = None
@@ -87,6 +90,7 @@ _SCHEMA = pa.schema(
         *((name, _INT) for name in ("attempts", "images_done", "images_failed", "annotations")),
         ("failures_by_error", _TEXT),
         ("seconds", pa.float64()),
+        ("host_seconds", pa.float64()),
         ("retries", _TEXT),
         ("error", _TEXT),
         ("traceback", _TEXT),

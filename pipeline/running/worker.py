@@ -25,7 +25,13 @@ from pipeline.errors import is_out_of_memory
 from pipeline.formats import images as image_io
 from pipeline.formats.coco import encode_annotations
 from pipeline.formats.layout import label_path
-from pipeline.formats.shard_files import ShardContext, ShardLabels, read_labels, write_shard
+from pipeline.formats.shard_files import (
+    ShardContext,
+    ShardLabels,
+    read_labels,
+    read_marker,
+    write_shard,
+)
 from pipeline.formats.storage import Storage
 from pipeline.planning.manifest import ImageRecord
 from pipeline.planning.plan import Shard, read_shard
@@ -88,7 +94,12 @@ class ShardTask:
 
 @dataclass(frozen=True, slots=True)
 class ShardResult:
-    """What the shard's marker says, reported back to the coordinator."""
+    """What the shard's marker says, reported back to the coordinator.
+
+    Attributes:
+        seconds: wall time of the attempt's stages (decode, segment, encode), summed.
+        host_seconds: of which reading, decoding, encoding and writing.
+    """
 
     shard: int
     images_done: int
@@ -96,87 +107,144 @@ class ShardResult:
     annotations: int
     failures_by_error: dict[str, int]
     seconds: float
+    host_seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedShard:
+    """A shard after its first stage: rows read, images decoded (HWC uint8, original size).
+
+    Attributes:
+        records: every row of the shard, in order.
+        todo: the rows this attempt labels (all, or only the failed ones when relabelling).
+        images: the decodable rows of ``todo`` with their images.
+        failures: failure records of the rows that could not be read or decoded.
+    """
+
+    task: ShardTask
+    records: tuple[ImageRecord, ...]
+    todo: tuple[ImageRecord, ...]
+    images: tuple[tuple[ImageRecord, np.ndarray], ...]
+    failures: tuple[dict[str, Any], ...]
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentedShard:
+    """A shard after the model: per labelled row, its ``H x W`` label map (class indices) and
+    ``H x W`` float32 confidence. Plain arrays: host workers unpickle them without torch."""
+
+    task: ShardTask
+    records: tuple[ImageRecord, ...]
+    todo: tuple[ImageRecord, ...]
+    results: tuple[tuple[ImageRecord, np.ndarray, np.ndarray], ...]
+    failures: tuple[dict[str, Any], ...]
+    host_seconds: float
+    seconds: float
 
 
 def process_shard(
     segmenter: SegmenterLike, task: ShardTask, settings: ShardSettings, storage: Storage
 ) -> ShardResult:
-    """Label every image of ``task.shard`` and write its files, the marker last.
+    """Label every image of ``task.shard`` and write its files, the marker last: the three
+    stages of :func:`decode_shard`, :func:`segment_shard` and :func:`encode_shard` in a row."""
+    decoded = decode_shard(task, settings, storage)
+    return encode_shard(segment_shard(segmenter, decoded, settings), settings, storage)
 
-    Bad images become failure records. An error that fails every image is raised (a bug, or a
-    broken model), so the coordinator fails the shard with its traceback; running out of memory
-    is raised too (the coordinator retries the attempt), except on the final attempt, where
-    the images that do not fit on their own are recorded as failed.
+
+def decode_shard(task: ShardTask, settings: ShardSettings, storage: Storage) -> DecodedShard:
+    """Stage 1 (host): read the shard's rows and decode their images on a few threads."""
+    start = time.perf_counter()
+    records = todo = read_shard(task.shard)
+    if task.retry_failed:
+        failed = {f["image_id"] for f in read_marker(storage, task.shard.index)["failures"]}
+        todo = tuple(r for r in records if r.image_id in failed)
+    images, failures = [], []
+    for rec, image in _decoded(todo, settings.decode_threads):
+        if isinstance(image, image_io.ImageFailure):
+            failures.append(image.to_json())
+        else:
+            images.append((rec, image))
+    seconds = time.perf_counter() - start
+    return DecodedShard(task, records, todo, tuple(images), tuple(failures), seconds)
+
+
+def segment_shard(
+    segmenter: SegmenterLike, decoded: DecodedShard, settings: ShardSettings
+) -> SegmentedShard:
+    """Stage 2 (model): label maps and confidences, ``images_per_call`` images at a time.
+
+    A failing call is retried image by image, so one bad image is a failure record. An error
+    that fails every image is raised (a bug, or a broken model), so the coordinator fails the
+    shard with its traceback; running out of memory is raised too (the coordinator retries
+    the attempt), except on the final attempt, where the images that do not fit on their own
+    are recorded as failed.
     """
     start = time.perf_counter()
-    shard = task.shard
-    records = all_records = read_shard(shard)
-    previous = None
+    failures = list(decoded.failures)
+    results: list[tuple[ImageRecord, np.ndarray, np.ndarray]] = []
+    errors: list[Exception] = []
+    final = decoded.task.final
+    for chunk in _chunks(iter(decoded.images), settings.images_per_call):
+        for rec, seg in _segment(segmenter, chunk, settings, failures, errors, final):
+            results.append((rec, np.asarray(seg.labels_hw), np.asarray(seg.confidence_hw)))
+    if errors and not results and not decoded.task.retry_failed:
+        # Relabelling a shard's few failed images proves nothing of the kind.
+        error = RuntimeError(f"every image of {decoded.task.shard.name} failed in segmentation")
+        raise error from errors[-1]
+    return SegmentedShard(
+        decoded.task,
+        decoded.records,
+        decoded.todo,
+        tuple(results),
+        tuple(failures),
+        decoded.seconds,
+        decoded.seconds + time.perf_counter() - start,
+    )
+
+
+def encode_shard(
+    segmented: SegmentedShard, settings: ShardSettings, storage: Storage
+) -> ShardResult:
+    """Stage 3 (host): RLE and summary rows, PNG label maps if asked, then the shard's files,
+    the marker last (relabelling merges the shard's previous labels first)."""
+    start = time.perf_counter()
+    task = segmented.task
+    labels = ShardLabels(failures=list(segmented.failures))
+    for rec, labels_hw, confidence_hw in segmented.results:
+        height, width = labels_hw.shape
+        image_record = {
+            "id": rec.index,
+            "image_id": rec.image_id,
+            "file_name": rec.uri,
+            "height": int(height),
+            "width": int(width),
+        }
+        if settings.png_labels:
+            label_file = label_path(rec.image_id)
+            storage.write_atomic(label_file, _png(labels_hw, settings.vocabulary))
+            image_record["label_file"] = label_file
+        labels.images.append(image_record)
+        image_annotations = encode_annotations(
+            labels_hw, confidence_hw, settings.vocabulary, rec.index
+        )
+        labels.annotations += image_annotations
+        labels.summary += _summary_rows(rec, image_annotations, labels_hw.size, settings.vocabulary)
     if task.retry_failed:
-        previous = read_labels(storage, shard.index)
-        failed = {f["image_id"] for f in previous.failures}
-        records = tuple(r for r in all_records if r.image_id in failed)
-    labels, model_errors = _label(segmenter, records, settings, storage, task.final)
-    if model_errors and not labels.images and previous is None:
-        # Every decodable image failed inside the model: that is a bug or a broken model, not
-        # bad input, so the shard fails (with a traceback) instead of recording N failures.
-        # (Relabelling a shard's few failed images proves nothing of the kind.)
-        error = RuntimeError(f"every image of {shard.name} failed in segmentation")
-        raise error from model_errors[-1]
-    if previous is not None:
-        labels = labels.merged(previous, {r.image_id for r in records})
-    labels = labels.ordered({r.image_id: r.index for r in all_records})
-    marker = write_shard(storage, shard.index, shard.digest, labels, settings.context)
+        previous = read_labels(storage, task.shard.index)
+        labels = labels.merged(previous, {r.image_id for r in segmented.todo})
+    labels = labels.ordered({r.image_id: r.index for r in segmented.records})
+    marker = write_shard(storage, task.shard.index, task.shard.digest, labels, settings.context)
+    host = time.perf_counter() - start
     return ShardResult(
-        shard.index,
+        task.shard.index,
         marker["images"],
         marker["images_failed"],
         marker["annotations"],
         marker["failures_by_error"],
-        time.perf_counter() - start,
+        segmented.seconds + host,
+        segmented.host_seconds + host,
     )
-
-
-def _label(
-    segmenter: SegmenterLike,
-    records: Sequence[ImageRecord],
-    settings: ShardSettings,
-    storage: Storage,
-    final: bool,
-) -> tuple[ShardLabels, list[Exception]]:
-    """Decode, segment and encode ``records``; write their PNG label maps if asked.
-
-    Returns:
-        The labels, and the errors of images that failed inside the model.
-    """
-    out = ShardLabels()
-    model_errors: list[Exception] = []
-    for chunk in _chunks(_decoded(records, settings.decode_threads), settings.images_per_call):
-        good = [(rec, img) for rec, img in chunk if isinstance(img, np.ndarray)]
-        out.failures += [
-            img.to_json() for _, img in chunk if isinstance(img, image_io.ImageFailure)
-        ]
-        for rec, img, seg in _segment(segmenter, good, settings, out.failures, model_errors, final):
-            image_record = {
-                "id": rec.index,
-                "image_id": rec.image_id,
-                "file_name": rec.uri,
-                "height": int(img.shape[0]),
-                "width": int(img.shape[1]),
-            }
-            if settings.png_labels:
-                label_file = label_path(rec.image_id)
-                storage.write_atomic(label_file, _png(seg.labels_hw, settings.vocabulary))
-                image_record["label_file"] = label_file
-            out.images.append(image_record)
-            image_annotations = encode_annotations(
-                seg.labels_hw, seg.confidence_hw, settings.vocabulary, rec.index
-            )
-            out.annotations += image_annotations
-            out.summary += _summary_rows(
-                rec, image_annotations, seg.labels_hw.size, settings.vocabulary
-            )
-    return out, model_errors
 
 
 def _segment(
@@ -186,7 +254,7 @@ def _segment(
     failures: list[dict[str, Any]],
     errors: list[Exception],
     final: bool,
-) -> Iterator[tuple[ImageRecord, np.ndarray, Segmentation]]:
+) -> Iterator[tuple[ImageRecord, Segmentation]]:
     """Segment a chunk together; if that fails, image by image so one bad image is isolated.
 
     Out of memory is not an image's fault until the final attempt: before it, it fails the
@@ -198,7 +266,7 @@ def _segment(
         results = segmenter.segment(
             [img for _, img in good], settings.vocabulary, settings.inference
         )
-        yield from ((rec, img, seg) for (rec, img), seg in zip(good, results, strict=True))
+        yield from ((rec, seg) for (rec, _), seg in zip(good, results, strict=True))
         return
     except Exception as err:
         if is_out_of_memory(err) and not final:
@@ -217,7 +285,7 @@ def _segment(
                 image_io.ImageFailure(rec.image_id, rec.uri, type(err).__name__, str(err)).to_json()
             )
             continue
-        yield rec, img, seg
+        yield rec, seg
 
 
 def _decoded(
