@@ -5,6 +5,10 @@ per forward, a Python loop over windows. Ours: windows of many images in one for
 the same model, images, vocabulary and settings; the script checks their outputs agree, then
 prints images/s, peak memory and the ratio, and how time grows with image size.
 
+Then vocabularies of 20, 200 and 1,203 names (LVIS-sized), each in a fresh process (peak memory
+is a process's high-water mark): images/s and peak memory with the names in chunks of 256 (the
+default), and for the largest also all names at once, as before chunking.
+
     python benchmarks/inference_speed.py [--model ViT-B-16] [--images 8] [--batch-size 16]
 
 Random weights are used (speed does not depend on them). CUDA is used when present.
@@ -15,6 +19,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import resource
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -62,7 +68,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--vocabulary-sizes", type=int, nargs="*", default=[20, 200, 1203])
+    parser.add_argument("--one-vocabulary", type=int, nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one_vocabulary:
+        return vocabulary_case(args, *args.one_vocabulary)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     # random weights, seeded from the model name: speed does not depend on them
@@ -125,6 +135,44 @@ def main() -> None:
         print(
             f"  {hh}x{ww}: {n:3d} windows/image  {seconds / 2 * 1000:8.1f} ms/image  {seconds / 2 / n * 1000:6.1f} ms/window"
         )
+
+    if args.vocabulary_sizes:
+        print("large vocabularies (a fresh process each):")
+        cases = [(n, 256) for n in args.vocabulary_sizes]
+        cases.append((max(args.vocabulary_sizes), max(args.vocabulary_sizes)))  # all at once
+        for names, chunk in cases:
+            command = [sys.executable, __file__, "--one-vocabulary", str(names), str(chunk)]
+            command += ["--model", args.model, "--images", str(args.images)]
+            command += ["--short-side", str(args.short_side), "--crop", str(args.crop)]
+            command += ["--stride", str(args.stride), "--precision", args.precision]
+            result = subprocess.run(command, capture_output=True, text=True)
+            print(result.stdout.strip() or result.stderr[-2000:])
+
+
+def vocabulary_case(args: argparse.Namespace, names: int, chunk: int) -> None:
+    """One vocabulary size in this process: images/s and the process's peak memory."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    segmenter = gclip.load_segmenter(
+        args.model, "none", args.method, device=device, templates=["a photo of a {}."]
+    )
+    vocabulary = gclip.parse_text("\n".join(f"class number {i}" for i in range(names)))
+    config = gclip.InferenceConfig(
+        short_side=args.short_side,
+        crop=args.crop,
+        stride=args.stride,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        name_chunk=chunk,
+    )
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (*args.size, 3), dtype=np.uint8) for _ in range(args.images)]
+    segmenter.text.embed(vocabulary)  # text embeddings once, outside the timing
+    ours(segmenter, images[:1], vocabulary, config)  # warm-up
+    _, seconds, peak = timed(ours, segmenter, images, vocabulary, config, device=device)
+    print(
+        f"  {names:5d} names, {chunk:5d} at once: {args.images / seconds:6.2f} images/s, "
+        f"peak {peak:7.0f} MiB"
+    )
 
 
 if __name__ == "__main__":

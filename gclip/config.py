@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 METHODS = ("gclip", "clearclip", "naclip", "sclip", "maskclip", "clip")
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 GlobalBlocks = tuple[int, ...] | Literal["auto"] | None
 
 # The reconstruction's defaults are stated for ViT-B (12 blocks); other depths resolve to "auto".
@@ -143,7 +143,10 @@ class InferenceConfig:
         pamr: refine the stitched logits with PAMR before the softmax.
         pamr_iterations: PAMR iterations.
         pamr_dilations: PAMR neighbourhood dilations, in resized pixels.
-        precision: ``fp32``, or ``fp16`` / ``bf16`` autocast for the vision forward.
+        precision: ``auto`` (bf16 autocast for the vision forward on CUDA, fp32 elsewhere),
+            ``fp32``, or ``fp16`` / ``bf16`` autocast.
+        name_chunk: names whose logits are held at once (canvases, PAMR, upsampling): bounds
+            memory for vocabularies of thousands of names; changes no label.
     """
 
     short_side: int | None = 448
@@ -154,7 +157,8 @@ class InferenceConfig:
     pamr: bool = False
     pamr_iterations: int = 10
     pamr_dilations: tuple[int, ...] = (8, 16)
-    precision: str = "fp32"
+    precision: str = "auto"
+    name_chunk: int = 256
 
     def __post_init__(self) -> None:
         if isinstance(self.pamr_dilations, list):
@@ -169,8 +173,11 @@ class InferenceConfig:
             raise ValueError(
                 f"stride {self.stride} > crop {self.crop} would leave pixels uncovered."
             )
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
+        if self.batch_size < 1 or self.name_chunk < 1:
+            raise ValueError(
+                f"batch_size and name_chunk must be >= 1, got {self.batch_size} and "
+                f"{self.name_chunk}."
+            )
         if self.logit_scale <= 0:
             raise ValueError(f"logit_scale must be positive, got {self.logit_scale}.")
         if self.pamr_iterations < 1 or not self.pamr_dilations or min(self.pamr_dilations) < 1:
@@ -179,7 +186,9 @@ class InferenceConfig:
                 f"integers; got {self.pamr_iterations} and {list(self.pamr_dilations)}."
             )
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be fp32, fp16 or bf16, got {self.precision!r}.")
+            raise ValueError(
+                f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}."
+            )
 
 
 @dataclass(frozen=True, slots=True)

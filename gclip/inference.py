@@ -75,35 +75,59 @@ def batch_windows(windows: Sequence[Window], patch: int, batch_size: int) -> lis
     ]
 
 
-def stitch_logits(
+def window_features(
     images: Sequence[torch.Tensor],
-    text: torch.Tensor,
     features_fn: Callable[[torch.Tensor], torch.Tensor],
     patch: int,
     config: InferenceConfig,
-) -> list[torch.Tensor]:
-    """Window logits of many images, computed in shared batches and averaged on canvases.
+) -> list[tuple[list[Window], torch.Tensor]]:
+    """Dense features of every window of ``images``, computed in shared batches.
 
     Args:
         images: per image a ``3 x h x w`` normalised tensor in the resized frame.
-        text: ``N x E`` normalised name embeddings.
         features_fn: ``B x 3 x hp x wp -> B x hp/p x wp/p x E`` normalised dense features.
         patch: the backbone's patch size; windows are zero-padded to multiples of it.
         config: crop, stride and batch size.
 
     Returns:
-        Per image ``N x h x w`` cosine-similarity logits in the resized frame.
+        Per batch, its windows and their ``B x gh x gw x E`` float32 features.
     """
     sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
-    canvases = [images[0].new_zeros((text.shape[0], h, w), dtype=torch.float32) for h, w in sizes]
-    counts = [images[0].new_zeros((1, h, w), dtype=torch.float32) for h, w in sizes]
-    windows = plan_windows(sizes, config.crop, config.stride)
-    for batch in batch_windows(windows, patch, config.batch_size):
+    batches = []
+    for batch in batch_windows(
+        plan_windows(sizes, config.crop, config.stride), patch, config.batch_size
+    ):
         hp, wp = _pad_to(batch[0].h, patch), _pad_to(batch[0].w, patch)
         crops = torch.stack(
             [_padded_crop(images[win.image], win, hp, wp) for win in batch]
         )  # B x 3 x hp x wp
-        features = features_fn(crops).float()  # B x gh x gw x E
+        batches.append((batch, features_fn(crops).float()))  # B x gh x gw x E
+    return batches
+
+
+def stitch(
+    sizes_hw: Sequence[tuple[int, int]],
+    batches: Sequence[tuple[list[Window], torch.Tensor]],
+    text: torch.Tensor,
+    patch: int,
+) -> list[torch.Tensor]:
+    """Window logits averaged on per-image canvases (the research repos' protocol: each
+    window's logits are upsampled to the window before averaging).
+
+    Args:
+        sizes_hw: each image's resized frame.
+        batches: from :func:`window_features`.
+        text: ``N x E`` normalised name embeddings (or a chunk of the names).
+        patch: the backbone's patch size.
+
+    Returns:
+        Per image ``N x h x w`` cosine-similarity logits in the resized frame.
+    """
+    device = batches[0][1].device if batches else text.device
+    canvases = [torch.zeros((text.shape[0], h, w), device=device) for h, w in sizes_hw]
+    counts = _coverage(sizes_hw, [win for batch, _ in batches for win in batch], device)
+    for batch, features in batches:
+        hp, wp = _pad_to(batch[0].h, patch), _pad_to(batch[0].w, patch)
         logits = torch.einsum("bhwe,ne->bnhw", features, text.to(features))  # B x N x gh x gw
         logits = F.interpolate(
             logits, size=(hp, wp), mode="bilinear", align_corners=False
@@ -112,8 +136,93 @@ def stitch_logits(
             canvases[win.image][:, win.y0 : win.y0 + win.h, win.x0 : win.x0 + win.w] += (
                 window_logits[:, : win.h, : win.w]
             )
-            counts[win.image][:, win.y0 : win.y0 + win.h, win.x0 : win.x0 + win.w] += 1
     return [canvas / count for canvas, count in zip(canvases, counts, strict=True)]
+
+
+def _coverage(
+    sizes_hw: Sequence[tuple[int, int]], windows: Sequence[Window], device: torch.device
+) -> list[torch.Tensor]:
+    """Per image, ``1 x h x w``: how many windows cover each pixel. Windows form a grid of
+    row spans x column spans, so the count is an outer product of two 1-D counts."""
+    rows = [torch.zeros(h) for h, _ in sizes_hw]
+    cols = [torch.zeros(w) for _, w in sizes_hw]
+    for image in range(len(sizes_hw)):
+        mine = [win for win in windows if win.image == image]
+        for y0, h in {(win.y0, win.h) for win in mine}:
+            rows[image][y0 : y0 + h] += 1
+        for x0, w in {(win.x0, win.w) for win in mine}:
+            cols[image][x0 : x0 + w] += 1
+    return [torch.outer(r, c)[None].to(device) for r, c in zip(rows, cols, strict=True)]
+
+
+def stitch_logits(
+    images: Sequence[torch.Tensor],
+    text: torch.Tensor,
+    features_fn: Callable[[torch.Tensor], torch.Tensor],
+    patch: int,
+    config: InferenceConfig,
+) -> list[torch.Tensor]:
+    """:func:`stitch` of :func:`window_features`: per image ``N x h x w`` logits."""
+    sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
+    return stitch(sizes, window_features(images, features_fn, patch, config), text, patch)
+
+
+class LabelAccumulator:
+    """Labels and confidence of one image, from its logits fed a chunk of names at a time.
+
+    The label is the class of the most probable name, and the confidence that name's
+    probability under the softmax over *all* names: a running maximum and a running
+    log-sum-exp make the result the same for any split of the names, so memory is bounded by
+    the chunk, not the vocabulary. Logits are upsampled to the original frame in row bands.
+
+    Args:
+        size_hw: the original frame ``(H0, W0)``.
+        logit_scale: softmax temperature over all names.
+        thresholds: per class, the minimum probability to keep the label (``None``: keep).
+        unlabelled: label value for pixels below their class's threshold.
+        dtype: label dtype (``torch.uint8``, or ``torch.int32`` for more than 255 classes).
+        device: where the running maps live.
+    """
+
+    def __init__(
+        self,
+        size_hw: tuple[int, int],
+        logit_scale: float,
+        thresholds: Sequence[float | None],
+        unlabelled: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        self._size_hw = size_hw
+        self._scale = logit_scale
+        self._min_prob = torch.tensor([-1.0 if t is None else t for t in thresholds], device=device)
+        self._unlabelled, self._dtype = unlabelled, dtype
+        self._best = torch.full(size_hw, -torch.inf, device=device)  # H0 x W0 scaled logit
+        self._label = torch.zeros(size_hw, dtype=torch.int64, device=device)  # H0 x W0 class
+        self._lse = torch.full(size_hw, -torch.inf, device=device)  # H0 x W0 log-sum-exp
+
+    def update(self, logits: torch.Tensor, name_to_class: torch.Tensor) -> None:
+        """Fold in ``N x h x w`` logits (resized frame) of names of classes ``name_to_class``."""
+        h0, w0 = self._size_hw
+        band = max(1, _BAND_ELEMENTS // max(1, logits.shape[0] * w0))
+        classes = name_to_class.to(logits.device)  # N
+        for top in range(0, h0, band):
+            bottom = min(top + band, h0)
+            scaled = self._scale * upsample_rows(logits, (h0, w0), top, bottom)  # N x b x W0
+            best, name = scaled.max(dim=0)  # b x W0 each
+            better = best > self._best[top:bottom]  # ties keep the earlier name, as argmax does
+            self._label[top:bottom] = torch.where(better, classes[name], self._label[top:bottom])
+            self._best[top:bottom] = torch.maximum(best, self._best[top:bottom])
+            lse = torch.logsumexp(scaled, dim=0)  # b x W0
+            self._lse[top:bottom] = torch.logaddexp(self._lse[top:bottom], lse)
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``H0 x W0`` labels (class index, or ``unlabelled`` below its threshold) and
+        ``H0 x W0`` float32 confidence (probability of the chosen class's best name)."""
+        confidence = torch.exp(self._best - self._lse)  # H0 x W0
+        keep = confidence >= self._min_prob[self._label]
+        labels = torch.where(keep, self._label, self._unlabelled).to(self._dtype)
+        return labels, confidence
 
 
 def labels_from_logits(
@@ -125,39 +234,14 @@ def labels_from_logits(
     size_hw: tuple[int, int],
     unlabelled: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Upsample logits to the original frame and turn them into labels and confidence.
-
-    Args:
-        logits: ``N x h x w`` per-name cosine similarities in the resized frame.
-        name_to_class: ``N`` int64, the class index of each name.
-        num_classes: K.
-        logit_scale: softmax temperature over all names.
-        thresholds: per class, the minimum probability to keep the label (``None``: keep).
-        size_hw: the original frame ``(H0, W0)``.
-        unlabelled: label value for pixels below their class's threshold.
-
-    Returns:
-        ``H0 x W0`` uint8 labels (class index or ``unlabelled``) and ``H0 x W0`` float32
-        confidence (probability of the chosen class: max over its names' softmax).
-    """
-    h0, w0 = size_hw
-    band = max(1, _BAND_ELEMENTS // max(1, logits.shape[0] * w0))
-    labels = torch.empty((h0, w0), dtype=torch.uint8, device=logits.device)
-    confidence = torch.empty((h0, w0), dtype=torch.float32, device=logits.device)
-    min_prob = torch.tensor(
-        [-1.0 if t is None else t for t in thresholds], device=logits.device
-    )  # K
-    index = name_to_class.to(logits.device)[:, None, None]  # N x 1 x 1
-    for top in range(0, h0, band):
-        rows = upsample_rows(logits, (h0, w0), top, min(top + band, h0))  # N x b x W0
-        probs = torch.softmax(logit_scale * rows, dim=0)  # N x b x W0
-        class_probs = probs.new_zeros((num_classes, *probs.shape[1:]))  # K x b x W0
-        class_probs.scatter_reduce_(0, index.expand_as(probs), probs, reduce="amax")
-        conf, label = class_probs.max(dim=0)  # b x W0 each
-        keep = conf >= min_prob[label]
-        labels[top : top + rows.shape[1]] = torch.where(keep, label, unlabelled).to(torch.uint8)
-        confidence[top : top + rows.shape[1]] = conf
-    return labels, confidence
+    """Upsample ``N x h x w`` logits to ``size_hw`` and turn them into labels (uint8 up to 255
+    classes, int32 beyond) and confidence, all names at once (see :class:`LabelAccumulator`)."""
+    dtype = torch.uint8 if num_classes <= 255 else torch.int32
+    accumulator = LabelAccumulator(
+        size_hw, logit_scale, thresholds, unlabelled, dtype, logits.device
+    )
+    accumulator.update(logits, name_to_class)
+    return accumulator.result()
 
 
 def upsample_rows(x: torch.Tensor, size_hw: tuple[int, int], top: int, bottom: int) -> torch.Tensor:

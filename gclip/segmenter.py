@@ -15,7 +15,7 @@ from torch import nn
 
 from gclip.backbone import VisionBackbone
 from gclip.config import InferenceConfig, MethodConfig, build
-from gclip.inference import labels_from_logits, refine, resized_size, stitch_logits
+from gclip.inference import LabelAccumulator, refine, resized_size, stitch, window_features
 from gclip.loading import LoadedModel, load_model
 from gclip.methods import (
     ChannelSuppression,
@@ -24,7 +24,7 @@ from gclip.methods import (
     find_global_blocks,
 )
 from gclip.text import Template, TextEncoder
-from gclip.vocabulary import UNLABELLED, Vocabulary
+from gclip.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,8 @@ class Segmentation:
     """Result for one image, in its original frame.
 
     Attributes:
-        labels_hw: ``H0 x W0`` uint8, the vocabulary class index, or 255 for unlabelled.
+        labels_hw: ``H0 x W0`` uint8, the vocabulary class index, or 255 for unlabelled
+            (uint16 and 65535 for vocabularies of more than 255 classes).
         confidence_hw: ``H0 x W0`` float32 in [0, 1], the probability of the chosen class.
     """
 
@@ -154,7 +155,11 @@ class Segmenter:
     def preprocess(self, image: Any, short_side: int | None) -> torch.Tensor:
         """An image (see :func:`to_chw`) -> ``3 x h x w`` normalised float32 in the resized
         frame, on the model's device."""
-        chw = to_chw(image).to(self.device)
+        chw = to_chw(image)
+        if self.device.type == "cuda" and not chw.is_cuda:
+            # Pinned pages copy to the GPU asynchronously: the host does not wait for them.
+            chw = chw.pin_memory().to(self.device, non_blocking=True)
+        chw = chw.to(self.device)
         chw = chw.float() / 255.0 if chw.dtype == torch.uint8 else chw.float()  # 3 x H0 x W0
         h, w = resized_size(int(chw.shape[1]), int(chw.shape[2]), short_side)
         if (h, w) != tuple(chw.shape[1:]):
@@ -188,26 +193,42 @@ class Segmenter:
         chws = [to_chw(im) for im in images]
         originals = [(int(chw.shape[1]), int(chw.shape[2])) for chw in chws]
         resized = [self.preprocess(chw, config.short_side) for chw in chws]
+        sizes = [(int(im.shape[1]), int(im.shape[2])) for im in resized]
         text = self.text.embed(vocabulary).to(self.device)  # N x E
         name_to_class = torch.tensor(vocabulary.name_to_class, dtype=torch.long)
-        logits = stitch_logits(resized, text, self._features_fn(config), self.patch_size, config)
-        results = []
-        for image, image_logits, size_hw in zip(resized, logits, originals, strict=True):
-            image_logits = refine(image_logits, image, config)  # N x h x w
-            labels, confidence = labels_from_logits(
-                image_logits,
-                name_to_class,
-                len(vocabulary.classes),
+        label_dtype, unlabelled = vocabulary.label_format
+        torch_dtype = torch.uint8 if label_dtype == np.uint8 else torch.int32
+        accumulators = [
+            LabelAccumulator(
+                size_hw,
                 config.logit_scale,
                 vocabulary.thresholds,
-                size_hw,
-                UNLABELLED,
+                unlabelled,
+                torch_dtype,
+                self.device,
             )
-            results.append(Segmentation(labels.cpu().numpy(), confidence.cpu().numpy()))
+            for size_hw in originals
+        ]
+        # The vision forward runs once; names go through in chunks, so canvases, PAMR and
+        # upsampling hold name_chunk names at a time however large the vocabulary.
+        batches = window_features(resized, self._features_fn(config), self.patch_size, config)
+        for start in range(0, text.shape[0], config.name_chunk):
+            chunk = slice(start, start + config.name_chunk)
+            canvases = stitch(sizes, batches, text[chunk], self.patch_size)  # per image C x h x w
+            for image, canvas, accumulator in zip(resized, canvases, accumulators, strict=True):
+                accumulator.update(refine(canvas, image, config), name_to_class[chunk])
+        results = []
+        for accumulator in accumulators:
+            labels, confidence = accumulator.result()
+            labels_hw = labels.cpu().numpy().astype(label_dtype, copy=False)
+            results.append(Segmentation(labels_hw, confidence.cpu().numpy()))
         return results
 
     def _features_fn(self, config: InferenceConfig) -> Callable[[torch.Tensor], torch.Tensor]:
-        dtype = _AUTOCAST_DTYPES.get(config.precision)
+        precision = config.precision
+        if precision == "auto":
+            precision = "bf16" if self.device.type == "cuda" else "fp32"
+        dtype = _AUTOCAST_DTYPES.get(precision)
 
         def features(crops: torch.Tensor) -> torch.Tensor:
             with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):

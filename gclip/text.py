@@ -8,6 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from open_clip import OPENAI_IMAGENET_TEMPLATES
+from tqdm import tqdm
 
 from gclip.vocabulary import Vocabulary
 
@@ -60,9 +61,15 @@ class TextEncoder:
         prompts = [render(t, n) for n in names for t in self._templates]  # N*T
         device = next(self._model.parameters()).device
         chunks = []
+        # Thousands of names (LVIS, Objects365) take a while: say so.
+        progress = tqdm(
+            total=len(prompts), desc="text embeddings", unit="prompt", disable=len(names) < 256
+        )
         for start in range(0, len(prompts), self._batch_size):
             tokens = self._tokenizer(prompts[start : start + self._batch_size]).to(device)
             chunks.append(F.normalize(self._model.encode_text(tokens).float(), dim=-1))
+            progress.update(len(tokens))
+        progress.close()
         per_prompt = torch.cat(chunks).view(len(names), len(self._templates), -1)  # N x T x E
         per_name = F.normalize(per_prompt.mean(dim=1), dim=-1)  # N x E
         return list(per_name.cpu())

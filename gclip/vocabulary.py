@@ -9,7 +9,8 @@ synonyms separated by ``,`` or ``;``, ``#`` comments and blank lines ignored. JS
                  {"id": 0, "name": "background", "synonyms": ["sky", "wall"], "background": true}],
      "threshold": 0.4}
 
-Label maps hold the class *index* (its position in ``classes``); 255 marks unlabelled pixels.
+Label maps hold the class *index* (its position in ``classes``): uint8 with 255 for unlabelled
+pixels up to 255 classes, uint16 with 65535 for unlabelled beyond (up to 65,534 classes).
 Output files carry the class ``id``.
 """
 
@@ -23,10 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 import schemas
 
-UNLABELLED = 255
-MAX_CLASSES = 255  # indices 0..254; 255 is reserved for unlabelled pixels
+UNLABELLED = 255  # in uint8 label maps; see label_format() for large vocabularies
+UNLABELLED_16 = 65535
+MAX_CLASSES = 65534  # indices 0..65533 in a uint16 label map; 65535 marks unlabelled pixels
 _SYNONYM_SPLIT = re.compile(r"\s*[,;]\s*")
 
 
@@ -84,6 +88,12 @@ class Vocabulary:
         return tuple(i for i, cls in enumerate(self.classes) for _ in cls.names)
 
     @property
+    def label_format(self) -> tuple[np.dtype[Any], int]:
+        """``(dtype, unlabelled value)`` of this vocabulary's label maps (see
+        :func:`label_format`)."""
+        return label_format(len(self.classes))
+
+    @property
     def thresholds(self) -> tuple[float | None, ...]:
         return tuple(
             c.threshold if c.threshold is not None else self.threshold for c in self.classes
@@ -115,6 +125,13 @@ class Vocabulary:
         """sha256 of the canonical JSON form: equal vocabularies hash equally."""
         canonical = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def label_format(num_classes: int) -> tuple[np.dtype[Any], int]:
+    """``(uint8, 255)`` for label maps of up to 255 classes, ``(uint16, 65535)`` beyond."""
+    if num_classes <= UNLABELLED:
+        return np.dtype(np.uint8), UNLABELLED
+    return np.dtype(np.uint16), UNLABELLED_16
 
 
 def parse_text(
@@ -197,8 +214,8 @@ def _validate(vocabulary: Vocabulary) -> None:
         raise VocabularyError("The vocabulary is empty: give at least one class, one per line.")
     if len(classes) > MAX_CLASSES:
         raise VocabularyError(
-            f"The vocabulary has {len(classes)} classes; at most {MAX_CLASSES} fit a uint8 label "
-            "map with 255 reserved for unlabelled. Split it into several runs."
+            f"The vocabulary has {len(classes)} classes; at most {MAX_CLASSES} fit a uint16 label "
+            "map with 65535 reserved for unlabelled. Split it into several runs."
         )
     seen_ids: dict[int, str] = {}
     seen_names: dict[str, str] = {}

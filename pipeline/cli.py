@@ -48,6 +48,7 @@ INFERENCE_FLAGS = (
     "pamr",
     "pamr_iterations",
     "pamr_dilations",
+    "name_chunk",
 )
 _BOOL = argparse.BooleanOptionalAction
 
@@ -100,6 +101,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pamr", action=_BOOL, help="refine logits with PAMR")
     p.add_argument("--pamr-iterations", type=int)
     p.add_argument("--pamr-dilations", type=int, nargs="+")
+    p.add_argument(
+        "--name-chunk", type=int, help="names held at once (memory for large vocabularies)"
+    )
     p.add_argument(
         "--threshold", type=float, help="minimum class probability, else unlabelled (255)"
     )

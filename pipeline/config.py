@@ -165,7 +165,8 @@ def labelling_fingerprint(
         vocabulary_fingerprint: :attr:`gclip.Vocabulary.fingerprint`.
     """
     inference = to_json(config.inference)
-    del inference["batch_size"]  # it only groups windows: results are equal for any value
+    for grouping in ("batch_size", "name_chunk"):  # results are equal for any value of these
+        del inference[grouping]
     keyed = {
         "format_version": FORMAT_VERSION,
         "model": config.model,

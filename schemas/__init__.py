@@ -48,4 +48,5 @@ def validate(instance: Any, name: str) -> None:
     error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise SchemaError(f"{name}: at {where}: {error.message}")
+        message = error.message if len(error.message) <= 300 else error.message[:300] + " ..."
+        raise SchemaError(f"{name}: at {where}: {message}")

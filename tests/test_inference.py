@@ -183,3 +183,35 @@ def test_config_validation():
     with pytest.raises(ValueError, match="precision"):
         InferenceConfig(precision="fp8")
     assert Window(0, 0, 0, 1, 1).h == 1
+
+
+def test_names_in_chunks_give_the_labels_of_all_names_at_once(segmenter):
+    """The memory-bounded path is the exact protocol: any split of the names, the same labels."""
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (40, 56, 3), dtype=np.uint8) for _ in range(2)]
+    lines = [f"thing {i}, object {i}" if i % 3 == 0 else f"thing {i}" for i in range(30)]
+    vocabulary = parse_text("\n".join(lines), threshold=0.04)
+    base = InferenceConfig(short_side=32, crop=32, stride=16, pamr=True, pamr_dilations=(1, 2))
+    replace = dataclasses.replace
+    whole = segmenter.segment(images, vocabulary, base)
+    for chunk in (1, 7, 39):
+        parts = segmenter.segment(images, vocabulary, replace(base, name_chunk=chunk))
+        for a, b in zip(whole, parts, strict=True):
+            np.testing.assert_array_equal(a.labels_hw, b.labels_hw)
+            np.testing.assert_allclose(a.confidence_hw, b.confidence_hw, rtol=1e-5, atol=1e-6)
+    assert {int(v) for r in whole for v in np.unique(r.labels_hw)} - {255}  # labels were given
+
+
+def test_more_than_255_classes_by_hand():
+    """Labels beyond 255 (int32 here, uint16 maps in files), 65535 unlabelled."""
+    rng = torch.Generator().manual_seed(0)
+    logits = torch.randn(700, 3, 4, generator=rng)  # N=700 names
+    index = torch.arange(700) // 2  # 350 classes, two names each
+    thresholds = [None] * 349 + [0.9]
+    labels, conf = labels_from_logits(logits, index, 350, 3.0, thresholds, (3, 4), 65535)
+    probs = torch.softmax(3.0 * logits, dim=0)  # N x 3 x 4, an independent computation
+    class_probs = probs.view(350, 2, 3, 4).amax(dim=1)  # K x 3 x 4
+    expected_conf, expected = class_probs.max(dim=0)
+    expected = torch.where((expected == 349) & (expected_conf < 0.9), torch.tensor(65535), expected)
+    assert labels.dtype == torch.int32 and labels.tolist() == expected.tolist()
+    torch.testing.assert_close(conf, expected_conf)

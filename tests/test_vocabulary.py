@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from gclip import VocabularyError, load_vocabulary, parse_json, parse_text
@@ -87,8 +88,11 @@ def test_empty_and_duplicates_fail():
         parse_text("Road\nroad")
     with pytest.raises(VocabularyError, match="probabilities"):
         parse_text("a", threshold=1.5)
-    with pytest.raises(VocabularyError, match="at most 255"):
-        parse_text("\n".join(f"class {i}" for i in range(256)))
+    with pytest.raises(VocabularyError, match="at most 65534 fit a uint16 label map"):
+        parse_text("\n".join(f"class {i}" for i in range(65535)))
+    big = parse_text("\n".join(f"class {i}" for i in range(256)))  # past a byte: uint16 maps
+    assert big.label_format == (np.dtype(np.uint16), 65535)
+    assert parse_text("a\nb").label_format == (np.dtype(np.uint8), 255)
 
 
 def test_files(tmp_path):

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from gclip import UNLABELLED, Vocabulary
+from gclip import Vocabulary
+from gclip.vocabulary import label_format
 
 
 def categories(vocabulary: Vocabulary) -> list[dict[str, Any]]:
@@ -32,13 +33,15 @@ def categories(vocabulary: Vocabulary) -> list[dict[str, Any]]:
 def encode_annotations(
     labels_hw: np.ndarray, confidence_hw: np.ndarray, vocabulary: Vocabulary, image_id: int
 ) -> list[dict[str, Any]]:
-    """One annotation per class present in ``labels_hw`` (class indices; 255 unlabelled).
+    """One annotation per class present in ``labels_hw`` (class indices; 255 unlabelled, or
+    65535 in the uint16 maps of vocabularies over 255 classes).
 
-    Returns annotations without ``id`` (assigned when the run's file is assembled).
+    Returns annotations without ``id`` (numbered per COCO file).
     """
     annotations = []
+    _, unlabelled = vocabulary.label_format
     for index in np.unique(labels_hw):
-        if index == UNLABELLED:
+        if index == unlabelled:
             continue
         mask = labels_hw == index
         rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
@@ -63,8 +66,10 @@ def encode_annotations(
 def decode_label_map(
     annotations: list[dict[str, Any]], size_hw: tuple[int, int], category_to_index: dict[int, int]
 ) -> np.ndarray:
-    """Rebuild an ``H x W`` uint8 label map (class indices, 255 elsewhere) from annotations."""
-    labels = np.full(size_hw, UNLABELLED, np.uint8)
+    """Rebuild an ``H x W`` label map (class indices; unlabelled elsewhere: 255 in uint8, or
+    65535 in uint16 for more than 255 categories) from annotations."""
+    dtype, unlabelled = label_format(len(category_to_index))
+    labels = np.full(size_hw, unlabelled, dtype)
     for ann in annotations:
         labels[annotation_mask(ann, size_hw)] = category_to_index[ann["category_id"]]
     return labels

@@ -3,7 +3,8 @@
 Ground truth as PNG: one single-channel PNG per image, named ``<image_id>.png`` (ids that are
 not safe file names as ``--png-labels`` names them: ``_<hash>.png``); pixel values
 are vocabulary class indices (``values="indices"``, the layout ``--png-labels`` writes) or
-category ids (``values="ids"``); 255 is ignored. Ground truth as COCO: images matched to the
+category ids (``values="ids"``); 255 is ignored (65535 in the 16-bit maps of vocabularies
+over 255 classes). Ground truth as COCO: images matched to the
 manifest's ``image_id`` by ``id``, by file name without extension, or by file-name stem;
 category ids as in the vocabulary; polygons and RLE both read.
 """
@@ -21,12 +22,12 @@ import numpy as np
 from PIL import Image
 
 from gclip.metrics import SegmentationScores, confusion_matrix, scores
+from gclip.vocabulary import label_format
 from pipeline.formats.coco import CocoLabelMaps
 from pipeline.formats.layout import label_file_name
 from pipeline.formats.storage import read_bytes
 from pipeline.reading.predictions import Predictions
 
-IGNORE = 255
 GroundTruth = Callable[[dict[str, Any]], "np.ndarray | None"]  # image record -> labels or None
 
 
@@ -86,7 +87,8 @@ def evaluate(predictions: str, ground_truth: str, values: str = "indices") -> Ev
             if truth is None:
                 missing.append(str(image["image_id"]))
                 continue
-            confusion += confusion_matrix(truth, predicted_maps.label_map(image), k, IGNORE)
+            prediction = predicted_maps.label_map(image)
+            confusion += confusion_matrix(truth, prediction, k, label_format(k)[1])
             count += 1
     if count == 0:
         raise ValueError(
@@ -102,12 +104,13 @@ def _ground_truth_reader(location: str, index_of: dict[int, int], values: str) -
         return _coco_reader(json.loads(read_bytes(location)), index_of)
     if values not in ("indices", "ids"):
         raise ValueError(f"values must be 'indices' or 'ids', got {values!r}.")
-    lookup = np.full(256, IGNORE, np.uint8)
+    dtype, ignore = label_format(len(index_of))
+    lookup = np.full(ignore + 1, ignore, dtype)  # file value -> class index; the rest ignored
     for category_id, index in index_of.items():
-        if values == "ids" and 0 <= category_id < 255:
+        if values == "ids" and 0 <= category_id < ignore:
             lookup[category_id] = index
     if values == "indices":
-        lookup[: len(index_of)] = np.arange(len(index_of), dtype=np.uint8)
+        lookup[: len(index_of)] = np.arange(len(index_of), dtype=dtype)
 
     def read(image: dict[str, Any]) -> np.ndarray | None:
         file = f"{location.rstrip('/')}/{label_file_name(image['image_id'])}"
@@ -122,7 +125,7 @@ def _ground_truth_reader(location: str, index_of: dict[int, int], values: str) -
             raise ValueError(
                 f"{file} is {raw.shape}, the prediction {image['height']}x{image['width']}."
             )
-        return lookup[raw]
+        return lookup[np.minimum(raw, ignore)]
 
     return read
 

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from gclip.vocabulary import label_format
 from pipeline.formats.coco import CocoLabelMaps
 from pipeline.formats.images import decode
 from pipeline.formats.layout import PREVIEWS, label_file_name
@@ -22,13 +23,14 @@ _MAX_SIDE = 640  # previews are for eyes: the [image | overlay] pair is scaled t
 def render(
     image_hwc: np.ndarray, labels_hw: np.ndarray, categories: list[dict[str, Any]]
 ) -> Image.Image:
-    """``[image | overlay | legend]`` as one RGB picture; unlabelled (255) and background
-    pixels stay uncoloured so the objects stand out."""
-    palette = np.zeros((256, 3), np.float32)
+    """``[image | overlay | legend]`` as one RGB picture; unlabelled and background pixels stay
+    uncoloured so the objects stand out."""
+    _, unlabelled = label_format(len(categories))
+    palette = np.zeros((unlabelled + 1, 3), np.float32)
     for index, category in enumerate(categories):
         palette[index] = category.get("color", (255, 0, 255))
     background = [i for i, c in enumerate(categories) if c.get("supercategory") == "background"]
-    painted = (labels_hw != 255) & ~np.isin(labels_hw, background)
+    painted = (labels_hw != unlabelled) & ~np.isin(labels_hw, background)
     overlay = image_hwc.astype(np.float32)
     overlay[painted] = (1 - _ALPHA) * overlay[painted] + _ALPHA * palette[labels_hw[painted]]
     overlay[_edges(labels_hw)] = 255  # white outlines keep masks readable over any colour
@@ -42,7 +44,7 @@ def render(
         picture = picture.resize(
             size, Image.Resampling.NEAREST if scale > 1 else Image.Resampling.BILINEAR
         )
-    present = [i for i in np.unique(labels_hw) if i != 255]
+    present = [i for i in np.unique(labels_hw) if i != unlabelled]
     return _with_legend(
         picture, [(categories[i]["name"], tuple(int(v) for v in palette[i])) for i in present]
     )

@@ -342,8 +342,13 @@ def _summary_rows(
 
 def _png(labels_hw: np.ndarray, vocabulary: Vocabulary) -> bytes:
     """An indexed (mode P) PNG: pixel value = class index, 255 = unlabelled; the palette holds
-    the class colours so viewers show colours while trainers read the indices."""
+    the class colours so viewers show colours while trainers read the indices. Over 255
+    classes, a 16-bit greyscale PNG: value = class index, 65535 = unlabelled."""
     height, width = labels_hw.shape
+    if labels_hw.dtype == np.uint16:
+        buffer = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(labels_hw, dtype=np.uint16)).save(buffer, format="PNG")
+        return buffer.getvalue()
     image = Image.frombytes(
         "P", (width, height), np.ascontiguousarray(labels_hw, dtype=np.uint8).tobytes()
     )
