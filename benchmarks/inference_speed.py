@@ -56,6 +56,27 @@ def timed(fn, *args, device):
     return out, seconds, peak
 
 
+def setup(
+    args: argparse.Namespace,
+) -> tuple[torch.device, gclip.Segmenter, gclip.InferenceConfig, list]:
+    """The device, a random-weight segmenter (speed does not depend on weights), the settings
+    and the images every case uses."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    segmenter = gclip.load_segmenter(
+        args.model, "none", args.method, device=device, templates=["a photo of a {}."]
+    )
+    config = gclip.InferenceConfig(
+        short_side=args.short_side,
+        crop=args.crop,
+        stride=args.stride,
+        batch_size=args.batch_size,
+        precision=args.precision,
+    )
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (*args.size, 3), dtype=np.uint8) for _ in range(args.images)]
+    return device, segmenter, config, images
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="ViT-B-16")
@@ -74,21 +95,8 @@ def main() -> None:
     if args.one_vocabulary:
         return vocabulary_case(args, *args.one_vocabulary)
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    # random weights, seeded from the model name: speed does not depend on them
-    segmenter = gclip.load_segmenter(
-        args.model, "none", args.method, device=device, templates=["a photo of a {}."]
-    )
+    device, segmenter, config, images = setup(args)
     vocabulary = gclip.parse_text("road, street\ncar\nperson, pedestrian\nbuilding\nsky\ntree")
-    config = gclip.InferenceConfig(
-        short_side=args.short_side,
-        crop=args.crop,
-        stride=args.stride,
-        batch_size=args.batch_size,
-        precision=args.precision,
-    )
-    rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (*args.size, 3), dtype=np.uint8) for _ in range(args.images)]
     h, w = gclip.inference.resized_size(*args.size, args.short_side)
     windows = len(window_starts(h, args.crop, args.stride)) * len(
         window_starts(w, args.crop, args.stride)
@@ -125,6 +133,7 @@ def main() -> None:
     print("scaling with image size (ours):")
     for scale in (1, 2, 3):
         size = (args.short_side * scale, args.short_side * scale * 3 // 2)
+        rng = np.random.default_rng(scale)
         sized = [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(2)]
         cfg = dataclasses.replace(config, short_side=args.short_side * scale)
         hh, ww = gclip.inference.resized_size(*size, cfg.short_side)
@@ -151,21 +160,9 @@ def main() -> None:
 
 def vocabulary_case(args: argparse.Namespace, names: int, chunk: int) -> None:
     """One vocabulary size in this process: images/s and the process's peak memory."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    segmenter = gclip.load_segmenter(
-        args.model, "none", args.method, device=device, templates=["a photo of a {}."]
-    )
+    device, segmenter, config, images = setup(args)
+    config = dataclasses.replace(config, name_chunk=chunk)
     vocabulary = gclip.parse_text("\n".join(f"class number {i}" for i in range(names)))
-    config = gclip.InferenceConfig(
-        short_side=args.short_side,
-        crop=args.crop,
-        stride=args.stride,
-        batch_size=args.batch_size,
-        precision=args.precision,
-        name_chunk=chunk,
-    )
-    rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (*args.size, 3), dtype=np.uint8) for _ in range(args.images)]
     segmenter.text.embed(vocabulary)  # text embeddings once, outside the timing
     ours(segmenter, images[:1], vocabulary, config)  # warm-up
     _, seconds, peak = timed(ours, segmenter, images, vocabulary, config, device=device)
