@@ -124,7 +124,13 @@ def stitch(
         Per image ``N x h x w`` cosine-similarity logits in the resized frame.
     """
     device = batches[0][1].device if batches else text.device
-    canvases = [torch.zeros((text.shape[0], h, w), device=device) for h, w in sizes_hw]
+    names = text.shape[0]
+    # All canvases side by side in one flat N x pixels tensor (plus a last column that takes
+    # the windows' padding), so a window lands with one index_add_ whatever its image.
+    starts = [0]
+    for h, w in sizes_hw:
+        starts.append(starts[-1] + h * w)
+    flat = torch.zeros((names, starts[-1] + 1), device=device)  # N x (pixels + 1)
     counts = _coverage(sizes_hw, [win for batch, _ in batches for win in batch], device)
     for batch, features in batches:
         hp, wp = _pad_to(batch[0].h, patch), _pad_to(batch[0].w, patch)
@@ -132,11 +138,60 @@ def stitch(
         logits = F.interpolate(
             logits, size=(hp, wp), mode="bilinear", align_corners=False
         )  # B x N x hp x wp
-        for win, window_logits in zip(batch, logits, strict=True):
-            canvases[win.image][:, win.y0 : win.y0 + win.h, win.x0 : win.x0 + win.w] += (
-                window_logits[:, : win.h, : win.w]
-            )
+        index = _flat_index(batch, sizes_hw, starts, hp, wp, device)  # B x hp x wp
+        # Windows of one step never overlap, so each pixel takes at most one add a step, in
+        # the windows' own order: the same sums as adding window by window, whichever
+        # images share the batch.
+        for step in _steps(batch):
+            values = logits[step].transpose(0, 1).reshape(names, -1)  # N x k*hp*wp
+            flat.index_add_(1, index[step].reshape(-1), values)
+    canvases = [
+        flat[:, a:b].view(names, h, w)
+        for a, b, (h, w) in zip(starts[:-1], starts[1:], sizes_hw, strict=True)
+    ]
     return [canvas / count for canvas, count in zip(canvases, counts, strict=True)]
+
+
+def _steps(batch: Sequence[Window]) -> list[torch.Tensor]:
+    """Positions in ``batch`` in steps: windows of one step never overlap, and a window comes
+    after every earlier window of its image that it overlaps (so each pixel sums its windows
+    in their order). About rows + columns steps an image, not one a window."""
+    step_of: list[int] = []
+    earlier: dict[int, list[int]] = defaultdict(list)  # image -> positions so far
+    for position, win in enumerate(batch):
+        after = [step_of[p] for p in earlier[win.image] if _overlap(batch[p], win)]
+        step_of.append(1 + max(after, default=-1))
+        earlier[win.image].append(position)
+    steps = torch.tensor(step_of)
+    return [torch.nonzero(steps == k).flatten() for k in range(int(steps.max()) + 1)]
+
+
+def _overlap(a: Window, b: Window) -> bool:
+    return a.y0 < b.y0 + b.h and b.y0 < a.y0 + a.h and a.x0 < b.x0 + b.w and b.x0 < a.x0 + a.w
+
+
+def _flat_index(
+    batch: Sequence[Window],
+    sizes_hw: Sequence[tuple[int, int]],
+    starts: Sequence[int],
+    hp: int,
+    wp: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """``B x hp x wp`` positions of each window's padded pixels in the flat canvas; pixels
+    outside the window (its zero padding) point at the last column."""
+    y0, x0, h, w, width, start = (
+        torch.tensor(values, device=device)[:, None, None]  # B x 1 x 1 each
+        for values in zip(
+            *((v.y0, v.x0, v.h, v.w, sizes_hw[v.image][1], starts[v.image]) for v in batch),
+            strict=True,
+        )
+    )
+    rows = torch.arange(hp, device=device)[None, :, None]  # 1 x hp x 1
+    cols = torch.arange(wp, device=device)[None, None, :]  # 1 x 1 x wp
+    index = start + (y0 + rows) * width + (x0 + cols)  # B x hp x wp
+    inside = (rows < h) & (cols < w)  # B x hp x wp
+    return torch.where(inside, index, starts[-1])
 
 
 def _coverage(

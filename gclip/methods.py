@@ -132,22 +132,25 @@ def _last_block(
         return backbone.run_block(last, x)  # B x L x D
     q, k, v = backbone.qkv(last, x)  # B x H x L x d
     scale = backbone.attention_scale
+    # The peers' attention is a softmax of logits times v: PyTorch's fused attention computes
+    # it without materialising L x L maps. GCLIP's fused maps must exist, so it builds them.
+    attend = F.scaled_dot_product_attention
     if config.name == "maskclip":
         return backbone.attention_output(last, v)  # B x L x D
     if config.name == "clearclip":
-        attn = torch.softmax(scale * q @ q.transpose(-2, -1), dim=-1)  # B x H x L x L
+        out = attend(q, q, v, scale=scale)  # B x H x L x d: softmax(s q q^T) v
     elif config.name == "sclip":
-        attn = torch.softmax(scale * q @ q.transpose(-2, -1), dim=-1) + torch.softmax(
-            scale * k @ k.transpose(-2, -1), dim=-1
-        )  # B x H x L x L, rows sum to 2
+        # softmax(s q q^T) v + softmax(s k k^T) v: the attention's rows sum to 2
+        out = attend(q, q, v, scale=scale) + attend(k, k, v, scale=scale)  # B x H x L x d
         # SCLIP's official code keeps the last block's residual and FFN.
-        return backbone.finish_block(last, x, backbone.attention_output(last, attn @ v))
+        return backbone.finish_block(last, x, backbone.attention_output(last, out))
     elif config.name == "naclip":
         omega = neighbourhood_bias(grid_hw, config.naclip_sigma, q.device, q.dtype)  # L x L
-        attn = torch.softmax(scale * k @ k.transpose(-2, -1) + omega, dim=-1)  # B x H x L x L
+        out = attend(k, k, v, attn_mask=omega, scale=scale)  # softmax(s k k^T + omega) v
     else:  # gclip
         attn = fused_attention(scale * q @ q.transpose(-2, -1), recorded, config.head_average)
-    return backbone.attention_output(last, attn @ v)  # B x L x D
+        out = attn @ v  # B x (1|H) x L x L @ B x H x L x d -> B x H x L x d
+    return backbone.attention_output(last, out)  # B x L x D
 
 
 def fused_attention(

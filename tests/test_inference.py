@@ -12,12 +12,16 @@ import torch.nn.functional as F
 from gclip import InferenceConfig, Segmenter, parse_text
 from gclip.inference import (
     Window,
+    _overlap,
+    _steps,
     batch_windows,
     labels_from_logits,
     plan_windows,
     resized_size,
+    stitch,
     stitch_logits,
     upsample_rows,
+    window_features,
     window_starts,
 )
 from gclip.pamr import pamr
@@ -215,3 +219,46 @@ def test_more_than_255_classes_by_hand():
     expected = torch.where((expected == 349) & (expected_conf < 0.9), torch.tensor(65535), expected)
     assert labels.dtype == torch.int32 and labels.tolist() == expected.tolist()
     torch.testing.assert_close(conf, expected_conf)
+
+
+def reference_stitch(sizes, batches, text, patch):
+    """Window by window, in order: what the vectorised stitching must equal to the bit."""
+    canvases = [torch.zeros((text.shape[0], h, w)) for h, w in sizes]
+    counts = [torch.zeros((1, h, w)) for h, w in sizes]
+    for batch, features in batches:
+        hp, wp = -(-batch[0].h // patch) * patch, -(-batch[0].w // patch) * patch
+        logits = torch.einsum("bhwe,ne->bnhw", features, text)
+        logits = F.interpolate(logits, size=(hp, wp), mode="bilinear", align_corners=False)
+        for win, window_logits in zip(batch, logits, strict=True):
+            region = (slice(None), slice(win.y0, win.y0 + win.h), slice(win.x0, win.x0 + win.w))
+            canvases[win.image][region] += window_logits[:, : win.h, : win.w]
+            counts[win.image][region] += 1
+    return [c / n for c, n in zip(canvases, counts, strict=True)]
+
+
+@pytest.mark.parametrize(("crop", "stride"), [(32, 16), (32, 8), (24, 24), (40, 16)])
+def test_vectorised_stitching_equals_window_by_window_exactly(crop, stride):
+    torch.manual_seed(0)
+    images = [torch.randn(3, h, w) for h, w in ((37, 61), (64, 64), (20, 90), (5, 9), (120, 200))]
+    sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
+    text = F.normalize(torch.randn(7, 16), dim=-1)
+    weight = torch.randn(16, 3)
+
+    def features_fn(crops):  # B x 3 x h x w -> B x h/8 x w/8 x 16
+        pooled = F.avg_pool2d(crops, 8).permute(0, 2, 3, 1)
+        return F.normalize(pooled @ weight.T, dim=-1)
+
+    for batch_size in (1, 3, 64):
+        config = InferenceConfig(short_side=None, crop=crop, stride=stride, batch_size=batch_size)
+        batches = window_features(images, features_fn, 8, config)
+        got = stitch(sizes, batches, text, 8)
+        for a, b in zip(got, reference_stitch(sizes, batches, text, 8), strict=True):
+            assert torch.equal(a, b)
+    # a window never shares a step with one it overlaps, and follows the earlier ones
+    windows = plan_windows([(120, 200)], crop, stride)
+    step = {int(p): k for k, positions in enumerate(_steps(windows)) for p in positions}
+    for i, a in enumerate(windows):
+        for j, b in enumerate(windows[:i]):
+            if _overlap(a, b):
+                assert step[j] < step[i]
+    assert len(set(step.values())) < len(windows)
