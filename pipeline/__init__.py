@@ -16,7 +16,8 @@ from pipeline.running.coordinator import (
     prepare_run,
     run_labelling,
 )
-from pipeline.running.executors import InProcessExecutor, RayExecutor
+from pipeline.running.executors import InProcessExecutor
+from pipeline.running.ray_executor import RayExecutor
 from pipeline.running.ray_session import connect
 from pipeline.running.recipe import Resolution, SegmenterSpec
 

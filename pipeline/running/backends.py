@@ -12,7 +12,8 @@ from typing import Any, Protocol
 
 from pipeline.config import RunConfig
 from pipeline.errors import SetupError, describe, plain
-from pipeline.running.executors import Executor, InProcessExecutor, RayExecutor, SegmenterFactory
+from pipeline.running.executors import Executor, InProcessExecutor, SegmenterFactory
+from pipeline.running.ray_executor import RayExecutor
 from pipeline.running.recipe import Resolution, SegmenterSpec, resolve_recipe
 from pipeline.running.worker import ShardSettings
 

@@ -1,0 +1,335 @@
+"""Shards on Ray: model actors fed by host tasks, with deadlines, retries and setup checks.
+
+Each attempt is a chain (see :mod:`pipeline.running.executors`): a host task decodes, the
+shard's model actor segments, a host task encodes and writes. Only this module (with
+:mod:`pipeline.running.ray_session` and :mod:`pipeline.running.backends`) touches Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.errors import SetupError, describe, is_out_of_memory, plain
+from pipeline.running.executors import (
+    DIED,
+    DONE,
+    ERROR,
+    INTERRUPTED,
+    OOM,
+    SETUP,
+    TIMEOUT,
+    LabelWorker,
+    Outcome,
+    SegmenterFactory,
+    decode_stage,
+    encode_stage,
+)
+from pipeline.running.worker import ShardSettings, ShardTask
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Attempt:
+    ref: Any  # the last stage's result
+    task: ShardTask
+    started: float | None  # when it became first in its actor's queue (it runs one at a time)
+    host_refs: tuple[Any, ...] = ()  # the host tasks, cancelled if the attempt times out
+
+
+@dataclass(slots=True)
+class _Slot:
+    """One worker: its actor, the attempts queued on it in order, and its model's state."""
+
+    actor: Any
+    setup_ref: Any = None
+    setup_since: float = field(default_factory=time.monotonic)
+    setup_failures: int = 0
+    attempts: deque[_Attempt] = field(default_factory=deque)
+
+    @property
+    def ready(self) -> bool:
+        return self.setup_ref is None
+
+
+class RayExecutor:
+    """Model actors (``num_workers``; by default one per GPU of the cluster, else one) fed by
+    host tasks on the CPUs the actors leave.
+
+    Every actor builds its model before it gets work; an actor whose model cannot be built
+    ends the run (:class:`SetupError`), one that dies while building is rebuilt up to
+    ``setup_attempts`` times. ``per_worker`` attempts per actor are in flight, so one shard
+    decodes and another encodes while the model labels a third; that bound is the
+    backpressure that keeps memory flat. An attempt whose turn on its actor lasts longer than
+    ``shard_timeout_s`` has its actor restarted and is reported as ``timeout``.
+
+    Args:
+        model_cpus: CPUs each actor holds (default: 1 beside a GPU; on CPU-only clusters the
+            CPUs left after a quarter for host tasks, shared between the actors).
+    """
+
+    def __init__(
+        self,
+        factory: SegmenterFactory,
+        settings: ShardSettings,
+        output: str,
+        num_workers: int | None = None,
+        per_worker: int = 3,
+        shard_timeout_s: float = 3600.0,
+        setup_timeout_s: float = 1800.0,
+        setup_attempts: int = 3,
+        model_cpus: float | None = None,
+    ) -> None:
+        import ray
+
+        self._ray = ray
+        self._per_worker = per_worker
+        self._shard_timeout_s = shard_timeout_s
+        self._setup_timeout_s = setup_timeout_s
+        self._setup_attempts = setup_attempts
+        self._output = output
+        resources = ray.cluster_resources()
+        num_workers = num_workers or max(1, int(resources.get("GPU", 0)))
+        options = _actor_options(resources, num_workers, model_cpus)
+        self._actor_class = ray.remote(LabelWorker).options(**options)
+        self._actor_args = (factory, settings, output)
+        self._slots = [
+            _Slot(self._actor_class.remote(*self._actor_args)) for _ in range(num_workers)
+        ]
+        for slot in self._slots:
+            slot.setup_ref = slot.actor.setup.remote()
+        # Host stages: idempotent, so Ray may rerun one whose worker died (its own retries).
+        self._settings_ref = ray.put(settings)
+        self._decode = ray.remote(num_cpus=1)(decode_stage)
+        self._encode = ray.remote(num_cpus=1)(encode_stage)
+        log.info("started %d model actors (%s); host tasks take 1 CPU each", num_workers, options)
+
+    @property
+    def actors(self) -> list[Any]:
+        return [slot.actor for slot in self._slots]
+
+    @property
+    def capacity(self) -> int:
+        """In-flight attempts allowed now: only workers whose model is built take work."""
+        return self._per_worker * sum(slot.ready for slot in self._slots)
+
+    def submit(self, task: ShardTask) -> None:
+        slot = min((s for s in self._slots if s.ready), key=lambda s: len(s.attempts))
+        started = None if slot.attempts else time.monotonic()
+        decoded = self._decode.remote(task, self._settings_ref, self._output)
+        segmented = slot.actor.segment.remote(decoded)
+        written = self._encode.remote(segmented, self._settings_ref, self._output)
+        slot.attempts.append(_Attempt(written, task, started, (decoded, written)))
+
+    def wait(self) -> list[Outcome]:
+        refs = {a.ref: slot for slot in self._slots for a in slot.attempts}
+        refs.update({slot.setup_ref: slot for slot in self._slots if not slot.ready})
+        if not refs:
+            return []
+        ready, _ = self._ray.wait(list(refs), num_returns=1, timeout=self._next_deadline())
+        if not ready:
+            return self._expire()
+        slot = refs[ready[0]]
+        if ready[0] is slot.setup_ref:
+            self._setup_ended(slot)
+            return []
+        return self._attempt_ended(slot, ready[0])
+
+    def shutdown(self) -> None:
+        for slot in self._slots:
+            self._ray.kill(slot.actor)
+            slot.attempts.clear()
+
+    # ---- setup --------------------------------------------------------------------------
+
+    def _setup_ended(self, slot: _Slot) -> None:
+        exceptions = self._ray.exceptions
+        try:
+            self._ray.get(slot.setup_ref)
+            slot.setup_ref = None
+            return
+        except exceptions.RayTaskError as err:
+            cause = getattr(err, "cause", None) or err
+            if isinstance(cause, SetupError):
+                raise SetupError(cause.cause, cause.traceback) from None
+            if not is_out_of_memory(cause):
+                raise SetupError(describe(cause), plain(str(err))) from None
+            why = describe(cause)
+        except (exceptions.RayActorError, exceptions.WorkerCrashedError) as err:
+            why = _first_line(err)
+        slot.setup_failures += 1
+        if slot.setup_failures >= self._setup_attempts:
+            raise SetupError(
+                f"a worker died {slot.setup_failures} times while building its model; last: {why}"
+            )
+        log.warning("a worker died while building its model (%s); building it again", why)
+        self._recover(slot)
+        slot.setup_ref, slot.setup_since = slot.actor.setup.remote(), time.monotonic()
+
+    # ---- attempts -----------------------------------------------------------------------
+
+    def _attempt_ended(self, slot: _Slot, ref: Any) -> list[Outcome]:
+        attempt = next(a for a in slot.attempts if a.ref is ref)
+        outcome, lost = self._outcome(attempt.task, ref)
+        if not lost:
+            slot.attempts.remove(attempt)
+            if slot.attempts and slot.attempts[0].started is None:
+                slot.attempts[0].started = time.monotonic()
+            return [outcome]
+        # The actor died: every attempt on it failed at once. The one running is the cause;
+        # those queued behind never started.
+        head = slot.attempts[0]
+        ended = [Outcome(head.task.shard.index, outcome.kind, error=outcome.error)]
+        ended += [_interrupted(a) for a in list(slot.attempts)[1:]]
+        slot.attempts.clear()
+        self._recover(slot)
+        return ended
+
+    def _outcome(self, task: ShardTask, ref: Any) -> tuple[Outcome, bool]:
+        """The attempt's outcome, and whether its actor was lost.
+
+        A stage's error reaches the last stage's result: wrapped in a ``RayTaskError`` whose
+        cause is the error of our code, or of Ray (a lost actor, worker or object).
+        """
+        exceptions = self._ray.exceptions
+        lost_types = (
+            exceptions.OutOfMemoryError,
+            exceptions.RayActorError,
+            exceptions.WorkerCrashedError,
+            exceptions.ObjectLostError,
+        )
+        index = task.shard.index
+        try:
+            return Outcome(index, DONE, result=self._ray.get(ref)), False
+        except exceptions.RayError as err:
+            cause = getattr(err, "cause", None) or err
+            if isinstance(err, lost_types) or isinstance(cause, lost_types):
+                kind = OOM if is_out_of_memory(err) else DIED
+                return Outcome(index, kind, error=_first_line(cause)), True
+            if not isinstance(err, exceptions.RayTaskError):
+                raise
+            if isinstance(cause, SetupError):
+                return Outcome(index, SETUP, error=cause.cause, traceback=cause.traceback), False
+            kind = OOM if is_out_of_memory(cause) else ERROR
+            return Outcome(index, kind, error=describe(cause), traceback=plain(str(err))), False
+
+    def _next_deadline(self) -> float | None:
+        """Seconds until the earliest running attempt or pending setup is overdue."""
+        now = time.monotonic()
+        ends = [
+            s.attempts[0].started + self._shard_timeout_s
+            for s in self._slots
+            if s.attempts and s.attempts[0].started is not None
+        ]
+        ends += [s.setup_since + self._setup_timeout_s for s in self._slots if not s.ready]
+        return max(0.0, min(ends) - now) if ends else None
+
+    def _expire(self) -> list[Outcome]:
+        """Restart the actors of overdue attempts; fail the run if no model could be built."""
+        now = time.monotonic()
+        late_setup = [s for s in self._slots if not s.ready]
+        if late_setup and all(now - s.setup_since >= self._setup_timeout_s for s in late_setup):
+            if not any(s.ready for s in self._slots):
+                raise SetupError(
+                    f"no worker built its model within {self._setup_timeout_s:.0f} s: the "
+                    "cluster may lack the resources they ask for (see the log), or loading hangs"
+                )
+            for slot in late_setup:  # others work; these may get resources later
+                slot.setup_since = now
+        ended: list[Outcome] = []
+        for slot in self._slots:
+            head = slot.attempts[0] if slot.attempts else None
+            if head is None or head.started is None or now - head.started < self._shard_timeout_s:
+                continue
+            log.warning(
+                "%s ran past its %.0f s deadline; restarting its worker",
+                head.task.shard.name,
+                self._shard_timeout_s,
+            )
+            self._ray.kill(slot.actor, no_restart=False)
+            for attempt in slot.attempts:
+                for ref in attempt.host_refs:
+                    self._ray.cancel(ref, force=True)
+            message = (
+                f"TimeoutError: the attempt ran past its {self._shard_timeout_s:.0f} s deadline "
+                "(--shard-timeout); its worker was restarted"
+            )
+            ended.append(Outcome(head.task.shard.index, TIMEOUT, error=message))
+            ended += [_interrupted(a) for a in list(slot.attempts)[1:]]
+            slot.attempts.clear()
+            self._recover(slot)
+        return ended
+
+    def _recover(self, slot: _Slot, timeout_s: float = 300.0) -> None:
+        """Wait until the slot's actor answers again; replace it if Ray gave up on it.
+
+        Attempts sent while Ray restarts an actor would fail at once and burn their tries.
+        """
+        exceptions = self._ray.exceptions
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self._ray.get(slot.actor.pid.remote(), timeout=60)
+                return
+            except exceptions.ActorDiedError:  # out of restarts: a fresh actor takes its place
+                slot.actor = self._actor_class.remote(*self._actor_args)
+                return
+            except (exceptions.ActorUnavailableError, exceptions.GetTimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+
+def _actor_options(
+    resources: dict[str, float], num_workers: int, model_cpus: float | None
+) -> dict[str, Any]:
+    """One GPU per actor where the cluster has GPUs, else a share of the CPUs that leaves a
+    quarter of them (at least one) to the host tasks."""
+    options: dict[str, Any] = {"max_restarts": -1, "max_task_retries": 0}
+    cpus = int(resources.get("CPU", 1))
+    if resources.get("GPU", 0) >= 1:
+        options.update(num_gpus=1, num_cpus=1 if model_cpus is None else model_cpus)
+    else:
+        # Ray caps a CPU actor's torch threads at its num_cpus: share out what host tasks leave
+        # (a fraction of a CPU each when there are more actors than CPUs to share).
+        share = (cpus - max(1, cpus // 4)) / num_workers
+        if model_cpus is not None:
+            share = model_cpus
+        options["num_cpus"] = int(share) if share >= 1 else share
+    if "num_gpus" not in options and options["num_cpus"] * num_workers > cpus - 1:
+        log.error(
+            "%d model actors of %s CPUs leave no CPU of %d for the host tasks (decoding, "
+            "encoding): lower --model-cpus or --num-workers",
+            num_workers,
+            options["num_cpus"],
+            cpus,
+        )
+    kind = "GPU" if "num_gpus" in options else "CPU"
+    wanted = num_workers * (options["num_gpus"] if kind == "GPU" else options["num_cpus"])
+    if wanted > resources.get(kind, 0):
+        log.warning(
+            "%d workers need %s %s but the cluster has %s now: some workers wait until the "
+            "cluster grows (lower --num-workers on a fixed cluster)",
+            num_workers,
+            wanted,
+            kind,
+            resources.get(kind, 0),
+        )
+    return options
+
+
+def _interrupted(attempt: _Attempt) -> Outcome:
+    return Outcome(
+        attempt.task.shard.index,
+        INTERRUPTED,
+        error="interrupted: queued on a worker that was lost or restarted",
+    )
+
+
+def _first_line(err: BaseException) -> str:
+    text = plain(str(err)).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
