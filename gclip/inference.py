@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from gclip.config import InferenceConfig
 from gclip.pamr import pamr
+from gclip.vocabulary import UNLABELLED
 
 # Upsampling to the original frame proceeds in row bands of at most this many elements, so a
 # 4000 x 3000 image with 300 names needs a few hundred MB rather than several GB.
@@ -75,81 +76,111 @@ def batch_windows(windows: Sequence[Window], patch: int, batch_size: int) -> lis
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class WindowBatch:
+    """Windows that went through the model together, and where their pixels land.
+
+    Attributes:
+        windows: the batch's windows (one padded size ``hp x wp``).
+        features: ``B x gh x gw x E`` float32 dense features.
+        index: ``B x hp x wp`` positions of the windows' pixels in the flat canvas (see
+            :class:`WindowFeatures`); padding points at its last column.
+        steps: positions in the batch, in steps of windows that do not overlap.
+    """
+
+    windows: list[Window]
+    features: torch.Tensor
+    index: torch.Tensor
+    steps: list[torch.Tensor]
+
+
+@dataclass(frozen=True, slots=True)
+class WindowFeatures:
+    """Every window's features for a set of images, with the canvas layout they stitch into:
+    all images' canvases side by side as the columns of one flat tensor, ``starts[i]`` the
+    first column of image ``i`` and ``starts[-1]`` a last column that takes the padding.
+
+    Attributes:
+        sizes_hw: each image's resized frame.
+        starts: image ``i``'s pixels are columns ``starts[i] .. starts[i + 1]``.
+        counts: per image, ``1 x h x w`` windows covering each pixel.
+        patch: the backbone's patch size.
+        batches: the windows, batch by batch.
+    """
+
+    sizes_hw: list[tuple[int, int]]
+    starts: list[int]
+    counts: list[torch.Tensor]
+    patch: int
+    batches: list[WindowBatch]
+
+
 def window_features(
     images: Sequence[torch.Tensor],
     features_fn: Callable[[torch.Tensor], torch.Tensor],
     patch: int,
     config: InferenceConfig,
-) -> list[tuple[list[Window], torch.Tensor]]:
-    """Dense features of every window of ``images``, computed in shared batches.
+) -> WindowFeatures:
+    """Dense features of every window of ``images``, computed in shared batches, and the
+    layout :func:`stitch` needs (computed once, however many name chunks are stitched).
 
     Args:
         images: per image a ``3 x h x w`` normalised tensor in the resized frame.
         features_fn: ``B x 3 x hp x wp -> B x hp/p x wp/p x E`` normalised dense features.
         patch: the backbone's patch size; windows are zero-padded to multiples of it.
         config: crop, stride and batch size.
-
-    Returns:
-        Per batch, its windows and their ``B x gh x gw x E`` float32 features.
     """
     sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
+    starts = [0]
+    for h, w in sizes:
+        starts.append(starts[-1] + h * w)
+    windows = plan_windows(sizes, config.crop, config.stride)
+    device = images[0].device
     batches = []
-    for batch in batch_windows(
-        plan_windows(sizes, config.crop, config.stride), patch, config.batch_size
-    ):
+    for batch in batch_windows(windows, patch, config.batch_size):
         hp, wp = _pad_to(batch[0].h, patch), _pad_to(batch[0].w, patch)
         crops = torch.stack(
             [_padded_crop(images[win.image], win, hp, wp) for win in batch]
         )  # B x 3 x hp x wp
-        batches.append((batch, features_fn(crops).float()))  # B x gh x gw x E
-    return batches
+        features = features_fn(crops).float()  # B x gh x gw x E
+        index = _flat_index(batch, sizes, starts, hp, wp, features.device)  # B x hp x wp
+        batches.append(WindowBatch(batch, features, index, _steps(batch)))
+    return WindowFeatures(sizes, starts, _coverage(sizes, windows, device), patch, batches)
 
 
-def stitch(
-    sizes_hw: Sequence[tuple[int, int]],
-    batches: Sequence[tuple[list[Window], torch.Tensor]],
-    text: torch.Tensor,
-    patch: int,
-) -> list[torch.Tensor]:
+def stitch(windowed: WindowFeatures, text: torch.Tensor) -> list[torch.Tensor]:
     """Window logits averaged on per-image canvases (the research repos' protocol: each
     window's logits are upsampled to the window before averaging).
 
     Args:
-        sizes_hw: each image's resized frame.
-        batches: from :func:`window_features`.
+        windowed: from :func:`window_features`.
         text: ``N x E`` normalised name embeddings (or a chunk of the names).
-        patch: the backbone's patch size.
 
     Returns:
         Per image ``N x h x w`` cosine-similarity logits in the resized frame.
     """
-    device = batches[0][1].device if batches else text.device
+    patch, starts = windowed.patch, windowed.starts
+    device = windowed.batches[0].features.device if windowed.batches else text.device
     names = text.shape[0]
-    # All canvases side by side in one flat N x pixels tensor (plus a last column that takes
-    # the windows' padding), so a window lands with one index_add_ whatever its image.
-    starts = [0]
-    for h, w in sizes_hw:
-        starts.append(starts[-1] + h * w)
     flat = torch.zeros((names, starts[-1] + 1), device=device)  # N x (pixels + 1)
-    counts = _coverage(sizes_hw, [win for batch, _ in batches for win in batch], device)
-    for batch, features in batches:
-        hp, wp = _pad_to(batch[0].h, patch), _pad_to(batch[0].w, patch)
+    for batch in windowed.batches:
+        hp, wp = _pad_to(batch.windows[0].h, patch), _pad_to(batch.windows[0].w, patch)
+        features = batch.features
         logits = torch.einsum("bhwe,ne->bnhw", features, text.to(features))  # B x N x gh x gw
         logits = F.interpolate(
             logits, size=(hp, wp), mode="bilinear", align_corners=False
         )  # B x N x hp x wp
-        index = _flat_index(batch, sizes_hw, starts, hp, wp, device)  # B x hp x wp
         # Windows of one step never overlap, so each pixel takes at most one add a step, in
         # the windows' own order: the same sums as adding window by window, whichever
         # images share the batch.
-        for step in _steps(batch):
+        for step in batch.steps:
             values = logits[step].transpose(0, 1).reshape(names, -1)  # N x k*hp*wp
-            flat.index_add_(1, index[step].reshape(-1), values)
+            flat.index_add_(1, batch.index[step].reshape(-1), values)
     canvases = [
         flat[:, a:b].view(names, h, w)
-        for a, b, (h, w) in zip(starts[:-1], starts[1:], sizes_hw, strict=True)
+        for a, b, (h, w) in zip(starts[:-1], starts[1:], windowed.sizes_hw, strict=True)
     ]
-    return [canvas / count for canvas, count in zip(canvases, counts, strict=True)]
+    return [canvas / count for canvas, count in zip(canvases, windowed.counts, strict=True)]
 
 
 def _steps(batch: Sequence[Window]) -> list[torch.Tensor]:
@@ -218,8 +249,13 @@ def stitch_logits(
     config: InferenceConfig,
 ) -> list[torch.Tensor]:
     """:func:`stitch` of :func:`window_features`: per image ``N x h x w`` logits."""
-    sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
-    return stitch(sizes, window_features(images, features_fn, patch, config), text, patch)
+    return stitch(window_features(images, features_fn, patch, config), text)
+
+
+def label_dtype(num_classes: int) -> torch.dtype:
+    """The torch dtype labels are built in: uint8 up to 255 classes; beyond, int32 (torch has
+    little uint16 support), cast to the uint16 of :func:`gclip.vocabulary.label_format`."""
+    return torch.uint8 if num_classes <= UNLABELLED else torch.int32
 
 
 class LabelAccumulator:
@@ -291,9 +327,8 @@ def labels_from_logits(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Upsample ``N x h x w`` logits to ``size_hw`` and turn them into labels (uint8 up to 255
     classes, int32 beyond) and confidence, all names at once (see :class:`LabelAccumulator`)."""
-    dtype = torch.uint8 if num_classes <= 255 else torch.int32
     accumulator = LabelAccumulator(
-        size_hw, logit_scale, thresholds, unlabelled, dtype, logits.device
+        size_hw, logit_scale, thresholds, unlabelled, label_dtype(num_classes), logits.device
     )
     accumulator.update(logits, name_to_class)
     return accumulator.result()

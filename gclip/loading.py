@@ -152,7 +152,7 @@ def _resolve_weights(
     name: str, pretrained: str | None, cache_dir: str | None, timeout: float
 ) -> tuple[str | None, bool, str]:
     """Return ``(checkpoint path or None, force QuickGELU, source label)``."""
-    if pretrained is None or is_random(pretrained):
+    if pretrained is None or is_random(pretrained):  # (None spelled out for the type checker)
         message = (
             f"Building {name} with RANDOM weights (pretrained={pretrained!r}, seeded from the "
             "model name): its labels are meaningless. Pass an open_clip tag or a checkpoint path "

@@ -15,7 +15,14 @@ from torch import nn
 
 from gclip.backbone import VisionBackbone
 from gclip.config import InferenceConfig, MethodConfig, build
-from gclip.inference import LabelAccumulator, refine, resized_size, stitch, window_features
+from gclip.inference import (
+    LabelAccumulator,
+    label_dtype,
+    refine,
+    resized_size,
+    stitch,
+    window_features,
+)
 from gclip.loading import LoadedModel, load_model
 from gclip.methods import (
     ChannelSuppression,
@@ -193,34 +200,32 @@ class Segmenter:
         chws = [to_chw(im) for im in images]
         originals = [(int(chw.shape[1]), int(chw.shape[2])) for chw in chws]
         resized = [self.preprocess(chw, config.short_side) for chw in chws]
-        sizes = [(int(im.shape[1]), int(im.shape[2])) for im in resized]
         text = self.text.embed(vocabulary).to(self.device)  # N x E
         name_to_class = torch.tensor(vocabulary.name_to_class, dtype=torch.long)
-        label_dtype, unlabelled = vocabulary.label_format
-        torch_dtype = torch.uint8 if label_dtype == np.uint8 else torch.int32
+        file_dtype, unlabelled = vocabulary.label_format
         accumulators = [
             LabelAccumulator(
                 size_hw,
                 config.logit_scale,
                 vocabulary.thresholds,
                 unlabelled,
-                torch_dtype,
+                label_dtype(len(vocabulary.classes)),
                 self.device,
             )
             for size_hw in originals
         ]
         # The vision forward runs once; names go through in chunks, so canvases, PAMR and
         # upsampling hold name_chunk names at a time however large the vocabulary.
-        batches = window_features(resized, self._features_fn(config), self.patch_size, config)
+        windowed = window_features(resized, self._features_fn(config), self.patch_size, config)
         for start in range(0, text.shape[0], config.name_chunk):
             chunk = slice(start, start + config.name_chunk)
-            canvases = stitch(sizes, batches, text[chunk], self.patch_size)  # per image C x h x w
+            canvases = stitch(windowed, text[chunk])  # per image C x h x w
             for image, canvas, accumulator in zip(resized, canvases, accumulators, strict=True):
                 accumulator.update(refine(canvas, image, config), name_to_class[chunk])
         results = []
         for accumulator in accumulators:
             labels, confidence = accumulator.result()
-            labels_hw = labels.cpu().numpy().astype(label_dtype, copy=False)
+            labels_hw = labels.cpu().numpy().astype(file_dtype, copy=False)
             results.append(Segmentation(labels_hw, confidence.cpu().numpy()))
         return results
 

@@ -221,15 +221,17 @@ def test_more_than_255_classes_by_hand():
     torch.testing.assert_close(conf, expected_conf)
 
 
-def reference_stitch(sizes, batches, text, patch):
+def reference_stitch(windowed, text):
     """Window by window, in order: what the vectorised stitching must equal to the bit."""
-    canvases = [torch.zeros((text.shape[0], h, w)) for h, w in sizes]
-    counts = [torch.zeros((1, h, w)) for h, w in sizes]
-    for batch, features in batches:
-        hp, wp = -(-batch[0].h // patch) * patch, -(-batch[0].w // patch) * patch
-        logits = torch.einsum("bhwe,ne->bnhw", features, text)
+    patch = windowed.patch
+    canvases = [torch.zeros((text.shape[0], h, w)) for h, w in windowed.sizes_hw]
+    counts = [torch.zeros((1, h, w)) for h, w in windowed.sizes_hw]
+    for batch in windowed.batches:
+        first = batch.windows[0]
+        hp, wp = -(-first.h // patch) * patch, -(-first.w // patch) * patch
+        logits = torch.einsum("bhwe,ne->bnhw", batch.features, text)
         logits = F.interpolate(logits, size=(hp, wp), mode="bilinear", align_corners=False)
-        for win, window_logits in zip(batch, logits, strict=True):
+        for win, window_logits in zip(batch.windows, logits, strict=True):
             region = (slice(None), slice(win.y0, win.y0 + win.h), slice(win.x0, win.x0 + win.w))
             canvases[win.image][region] += window_logits[:, : win.h, : win.w]
             counts[win.image][region] += 1
@@ -250,9 +252,10 @@ def test_vectorised_stitching_equals_window_by_window_exactly(crop, stride):
 
     for batch_size in (1, 3, 64):
         config = InferenceConfig(short_side=None, crop=crop, stride=stride, batch_size=batch_size)
-        batches = window_features(images, features_fn, 8, config)
-        got = stitch(sizes, batches, text, 8)
-        for a, b in zip(got, reference_stitch(sizes, batches, text, 8), strict=True):
+        windowed = window_features(images, features_fn, 8, config)
+        assert windowed.sizes_hw == sizes
+        got = stitch(windowed, text)
+        for a, b in zip(got, reference_stitch(windowed, text), strict=True):
             assert torch.equal(a, b)
     # a window never shares a step with one it overlaps, and follows the earlier ones
     windows = plan_windows([(120, 200)], crop, stride)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
+from test_job_failures import demo_args
 from test_pipeline_local import assert_same_outputs, ledger_of
 
 from pipeline import LocalBackend, RayBackend, RunConfig, load_run_config, run_labelling
@@ -20,7 +21,6 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "demo"
-ARGS = ["--short-side", "64", "--crop", "64", "--stride", "32"]
 
 
 @pytest.fixture(scope="module")
@@ -99,22 +99,9 @@ def test_killed_worker_is_retried(ray_local, tmp_path, clean_run):
 
 
 def job_command(output) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "jobs.label",
-        "--manifest",
-        str(DEMO / "manifest.parquet"),
-        "--vocabulary",
-        str(DEMO / "vocabulary.txt"),
-        "--output",
-        str(output),
-        "--model",
-        "demo",
-        "--shard-size",
-        "3",
-        *ARGS,
-    ]
+    """``python -m jobs.label`` on the demo data, at the driver tests' scale."""
+    scale = ["--shard-size", "3", "--crop", "64", "--stride", "32"]
+    return [sys.executable, "-m", "jobs.label", *demo_args(output, *scale)]
 
 
 def kill_mid_run(command, finished) -> None:

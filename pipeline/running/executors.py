@@ -34,6 +34,7 @@ from pipeline.running.worker import (
     ShardTask,
     decode_shard,
     encode_shard,
+    process_shard,
     segment_shard,
 )
 
@@ -113,9 +114,9 @@ class LabelWorker:
 
     def process(self, task: ShardTask) -> ShardResult:
         """All three stages, in this process."""
-        storage = Storage(self._output)
-        decoded = decode_shard(task, self._settings, storage)
-        return encode_shard(self.segment(decoded), self._settings, storage)
+        self.setup()
+        assert self._segmenter is not None
+        return process_shard(self._segmenter, task, self._settings, Storage(self._output))
 
     def pid(self) -> int:
         """The worker's process id: answers once the actor is (re)built; tests kill it."""
