@@ -79,8 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--model-cpus",
         type=float,
-        help="CPUs each model actor holds (default: 1 beside a GPU; on CPU clusters what a "
-        "quarter of the CPUs for host tasks leaves); host tasks take the rest",
+        help="CPUs each model actor holds (default: 1 beside a GPU, host tasks taking the rest; "
+        "on CPU clusters an even share of the CPUs)",
     )
     p.add_argument("--shard-size", type=int)
     p.add_argument("--images-per-call", type=int, help="images whose windows share batches")

@@ -46,9 +46,9 @@ class RunConfig:
         shard_size: images per shard.
         num_workers: model actors, one GPU each where GPUs exist; ``None``: one per GPU of
             the cluster, else one.
-        model_cpus: CPUs each model actor holds; ``None``: 1 beside a GPU, else what is left
-            after a quarter of the CPUs for the host tasks (reading, decoding, encoding,
-            writing), which take the CPUs the actors leave.
+        model_cpus: CPUs each model actor holds; ``None``: 1 beside a GPU (the host tasks,
+            reading, decoding, encoding and writing, hold one each of the rest), else an even
+            share of the CPUs (the host tasks, light beside a model on a CPU, run unreserved).
         images_per_call: images handed to the segmenter at once (their windows share batches).
         decode_threads: image-decoding threads per worker.
         max_attempts: tries per shard when its worker dies, runs out of memory or times out.

@@ -58,7 +58,9 @@ class _Slot:
 
 class RayExecutor:
     """Model actors (``num_workers``; by default one per GPU of the cluster, else one) fed by
-    host tasks on the CPUs the actors leave.
+    host tasks: on GPU clusters they hold one CPU each of those the actors leave; on CPU-only
+    clusters the model is the bottleneck, so the actors hold the CPUs and the host tasks,
+    light beside a model on a CPU, run unreserved.
 
     Every actor builds its model before it gets work; an actor whose model cannot be built
     ends the run (:class:`SetupError`), one that dies while building is rebuilt up to
@@ -68,8 +70,8 @@ class RayExecutor:
     ``shard_timeout_s`` has its actor restarted and is reported as ``timeout``.
 
     Args:
-        model_cpus: CPUs each actor holds (default: 1 beside a GPU; on CPU-only clusters the
-            CPUs left after a quarter for host tasks, shared between the actors).
+        model_cpus: CPUs each actor holds (default: 1 beside a GPU; on CPU-only clusters an
+            even share of the CPUs).
     """
 
     def __init__(
@@ -104,9 +106,15 @@ class RayExecutor:
             slot.setup_ref = slot.actor.setup.remote()
         # Host stages: idempotent, so Ray may rerun one whose worker died (its own retries).
         self._settings_ref = ray.put(settings)
-        self._decode = ray.remote(num_cpus=1)(decode_stage)
-        self._encode = ray.remote(num_cpus=1)(encode_stage)
-        log.info("started %d model actors (%s); host tasks take 1 CPU each", num_workers, options)
+        host_cpus = 1 if "num_gpus" in options else 0
+        self._decode = ray.remote(num_cpus=host_cpus)(decode_stage)
+        self._encode = ray.remote(num_cpus=host_cpus)(encode_stage)
+        log.info(
+            "started %d model actors (%s); host tasks hold %d CPU each",
+            num_workers,
+            options,
+            host_cpus,
+        )
 
     @property
     def actors(self) -> list[Any]:
@@ -287,27 +295,16 @@ class RayExecutor:
 def _actor_options(
     resources: dict[str, float], num_workers: int, model_cpus: float | None
 ) -> dict[str, Any]:
-    """One GPU per actor where the cluster has GPUs, else a share of the CPUs that leaves a
-    quarter of them (at least one) to the host tasks."""
+    """One GPU per actor where the cluster has GPUs, else an even share of the CPUs."""
     options: dict[str, Any] = {"max_restarts": -1, "max_task_retries": 0}
     cpus = int(resources.get("CPU", 1))
     if resources.get("GPU", 0) >= 1:
         options.update(num_gpus=1, num_cpus=1 if model_cpus is None else model_cpus)
     else:
-        # Ray caps a CPU actor's torch threads at its num_cpus: share out what host tasks leave
-        # (a fraction of a CPU each when there are more actors than CPUs to share).
-        share = (cpus - max(1, cpus // 4)) / num_workers
-        if model_cpus is not None:
-            share = model_cpus
+        # Ray caps a CPU actor's torch threads at its num_cpus: share the CPUs out (a fraction
+        # of a CPU each when there are more actors than CPUs).
+        share = cpus / num_workers if model_cpus is None else model_cpus
         options["num_cpus"] = int(share) if share >= 1 else share
-    if "num_gpus" not in options and options["num_cpus"] * num_workers > cpus - 1:
-        log.error(
-            "%d model actors of %s CPUs leave no CPU of %d for the host tasks (decoding, "
-            "encoding): lower --model-cpus or --num-workers",
-            num_workers,
-            options["num_cpus"],
-            cpus,
-        )
     kind = "GPU" if "num_gpus" in options else "CPU"
     wanted = num_workers * (options["num_gpus"] if kind == "GPU" else options["num_cpus"])
     if wanted > resources.get(kind, 0):
