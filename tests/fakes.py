@@ -78,3 +78,25 @@ class BrokenFactory:
         with open(self.log, "a") as handle:
             handle.write("called\n")
         raise ValueError("cannot read weights /models/vit.pt: truncated file")
+
+
+class Slowed:
+    """A segmenter factory whose segmenters take ``delay`` seconds more per call (the same
+    labels): a worker killed while the model works is then certain to hold a shard."""
+
+    def __init__(self, factory, delay: float) -> None:
+        self.factory, self.delay = factory, delay
+
+    def __call__(self):
+        return _SlowSegmenter(self.factory(), self.delay)
+
+
+class _SlowSegmenter:
+    def __init__(self, inner, delay: float) -> None:
+        self.inner, self.delay = inner, delay
+
+    def segment(self, images, vocabulary, config=None):
+        import time
+
+        time.sleep(self.delay)
+        return self.inner.segment(images, vocabulary, config)
