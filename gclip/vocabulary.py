@@ -5,7 +5,8 @@ synonyms separated by ``,`` or ``;``, ``#`` comments and blank lines ignored. JS
 ``schemas/vocabulary.schema.json``::
 
     {"classes": [{"id": 7, "name": "road", "synonyms": ["street"], "threshold": 0.3,
-                  "color": [128, 64, 128]},
+                  "color": [128, 64, 128], "isthing": false},
+                 {"id": 8, "name": "car"},
                  {"id": 0, "name": "background", "synonyms": ["sky", "wall"], "background": true}],
      "threshold": 0.4}
 
@@ -48,6 +49,8 @@ class VocabularyClass:
         threshold: minimum probability for a pixel to keep this label, else unlabelled.
         color: RGB colour for previews.
         is_background: the class stands for background.
+        is_stuff: an amorphous region (road, sky, grass): one mask per image, never split
+            into instances (JSON ``"isthing": false``).
     """
 
     id: int
@@ -55,10 +58,16 @@ class VocabularyClass:
     threshold: float | None = None
     color: tuple[int, int, int] | None = None
     is_background: bool = False
+    is_stuff: bool = False
 
     @property
     def name(self) -> str:
         return self.names[0]
+
+    @property
+    def is_thing(self) -> bool:
+        """A countable object (COCO ``isthing``): neither stuff nor background."""
+        return not (self.is_stuff or self.is_background)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +123,8 @@ class Vocabulary:
                 item["color"] = list(c.color)
             if c.is_background:
                 item["background"] = True
+            if c.is_stuff:
+                item["isthing"] = False
             classes.append(item)
         out: dict[str, Any] = {"classes": classes}
         if self.threshold is not None:
@@ -176,6 +187,7 @@ def parse_json(data: Mapping[str, Any]) -> Vocabulary:
             threshold=c.get("threshold"),
             color=tuple(c["color"]) if "color" in c else None,
             is_background=bool(c.get("background", False)),
+            is_stuff=not c.get("isthing", True),
         )
         for c in data["classes"]
     )

@@ -33,6 +33,8 @@ RUN_FLAGS = (
     "threshold",
     "background_first_line",
     "png_labels",
+    "instances",
+    "min_area",
     "merge_limit",
     "address",
     "device",
@@ -109,6 +111,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--background-first-line", action=_BOOL)
     p.add_argument("--png-labels", action=_BOOL, help="also write indexed PNG label maps")
+    p.add_argument(
+        "--instances",
+        action=_BOOL,
+        help="one COCO annotation per connected component of each thing class (stuff classes, "
+        "JSON vocabulary 'isthing': false, and background stay one mask per image)",
+    )
+    p.add_argument(
+        "--min-area", type=int, help="with --instances, the smallest instance kept, in pixels"
+    )
     p.add_argument(
         "--merge-limit",
         type=int,

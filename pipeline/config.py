@@ -21,6 +21,7 @@ from gclip import InferenceConfig, MethodConfig
 from gclip.config import build, to_json
 from pipeline.errors import InputError
 from pipeline.formats.checkpoints import shipped_settings
+from pipeline.formats.instances import MIN_AREA
 from pipeline.formats.layout import FORMAT_VERSION
 
 FILE, FLAG, CHECKPOINT = "config file", "flag", "checkpoint"
@@ -54,6 +55,9 @@ class RunConfig:
         max_attempts: tries per shard when its worker dies, runs out of memory or times out.
         shard_timeout_s: deadline of one shard attempt, after which its worker is restarted.
         png_labels: also write indexed PNG label maps.
+        instances: split each thing class's mask into connected components, one COCO
+            annotation each (stuff and background classes stay one mask per image).
+        min_area: with ``instances``, the smallest component kept, in pixels.
         merge_limit: at the end of a run of at most this many images, merge the shards'
             COCO files into ``annotations.json`` (0: never; ``python -m jobs.merge`` does it
             on demand).
@@ -81,6 +85,8 @@ class RunConfig:
     max_attempts: int = 3
     shard_timeout_s: float = 3600.0
     png_labels: bool = False
+    instances: bool = False
+    min_area: int = MIN_AREA
     merge_limit: int = 100_000
     address: str | None = None
     device: str = "auto"
@@ -97,6 +103,11 @@ class RunConfig:
             if f.name not in ("sources", *_NESTED)
         }
         return {**values, "method": to_json(self.method), "inference": to_json(self.inference)}
+
+    @property
+    def min_instance_area(self) -> int | None:
+        """The smallest instance kept when splitting instances, else ``None``."""
+        return self.min_area if self.instances else None
 
 
 def load_run_config(
@@ -177,6 +188,7 @@ def labelling_fingerprint(
         "background_first_line": config.background_first_line,
         "threshold": config.threshold,
         "png_labels": config.png_labels,
+        "min_instance_area": config.min_instance_area,
     }
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
 

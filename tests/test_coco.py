@@ -26,7 +26,7 @@ def test_round_trip_through_pycocotools(tmp_path):
     labels[0, :5] = 255  # unlabelled pixels get no annotation
     labels[labels == 2] = 1  # class 2 absent
     confidence = rng.random((17, 23)).astype(np.float32)
-    anns = encode_annotations(labels, confidence, vocab, image_id=7)
+    anns = encode_annotations(labels, confidence, vocab, image_id=7).annotations
     assert sorted(a["category_id"] for a in anns) == [10, 20]
     for number, ann in enumerate(anns, start=1):
         ann["id"] = number

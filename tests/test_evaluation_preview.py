@@ -51,7 +51,9 @@ def test_png_ground_truth_scores_by_hand(finished_run, capsys):
             labels[:, 3] = 1  # one column the prediction calls dark: 10 pixels wrong
         if i == 1:
             labels[0, :] = 255  # ignored row
-        Image.fromarray(labels).save(gt / label_file_name(f"img/{i}" if i == 3 else f"im{i}"))
+        path = gt / label_file_name(f"img/{i}" if i == 3 else f"im{i}")  # gt/img/3.png: nested
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(labels).save(path)
     assert (
         evaluate_job.main(["--predictions", str(finished_run / "out"), "--ground-truth", str(gt)])
         == 0

@@ -35,7 +35,7 @@ def make_dataset(root, count=7, broken=()):
             path.write_bytes(b"" if i % 2 else b"garbage bytes")
         else:
             Image.fromarray(array).save(path)
-        ids.append(f"img/{i}" if i == 3 else f"im{i}")  # one id is not a safe file name
+        ids.append(f"img/{i}" if i == 3 else f"im{i}")  # one id is a nested path
         uris.append(str(path))
     pq.write_table(
         pa.table({"image_id": ids, "uri": uris, "source": ["x"] * count}), root / "m.parquet"
@@ -110,7 +110,8 @@ def test_outputs_decode_to_the_labels_and_validate(tmp_path):
         png = np.asarray(Image.open(out / image["label_file"]))
         np.testing.assert_array_equal(png, expected)
         assert image["image_id"] == (f"img/{i}" if i == 3 else f"im{i}")
-    assert label_file_name("img/3").startswith("_") and not (out / "labels" / "img").exists()
+    # label maps keep the id's path (``img/3`` -> ``labels/img/3.png``)
+    assert label_file_name("img/3") == "img/3.png" and (out / "labels" / "img" / "3.png").exists()
     failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
     assert failures == [
         {

@@ -1,18 +1,21 @@
-"""COCO output for semantic pseudo-labels (the COCO-Stuff layout).
+"""COCO output for semantic pseudo-labels (the COCO-Stuff layout), or instances.
 
 Per image, one annotation per predicted category: the union mask as RLE, ``area`` and ``bbox``
-from pycocotools, ``iscrowd: 0`` and a ``score`` (mean confidence over the mask).
+from pycocotools, ``iscrowd: 0`` and a ``score`` (mean confidence over the mask). With
+instances, a thing category gives one such annotation per connected component instead.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
 from gclip import Vocabulary
-from gclip.vocabulary import label_format
+from gclip.vocabulary import VocabularyClass, label_format
+from pipeline.formats.instances import instance_masks
 
 
 def categories(vocabulary: Vocabulary) -> list[dict[str, Any]]:
@@ -22,45 +25,98 @@ def categories(vocabulary: Vocabulary) -> list[dict[str, Any]]:
             "id": c.id,
             "name": c.name,
             "synonyms": list(c.names[1:]),
-            "supercategory": "background" if c.is_background else "object",
-            "isthing": 0 if c.is_background else 1,
+            "supercategory": _supercategory(c),
+            "isthing": int(c.is_thing),
             "color": list(color),
         }
         for c, color in zip(vocabulary.classes, vocabulary.colors(), strict=True)
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class ClassRegion:
+    """All pixels of one class in one image (what the ``summary/`` rows describe).
+
+    Attributes:
+        category_id: the class's id.
+        pixels: its pixel count.
+        mean_confidence: mean confidence over those pixels.
+    """
+
+    category_id: int
+    pixels: int
+    mean_confidence: float
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedImage:
+    """One image's annotations (without ``id``: numbered per COCO file) and class regions."""
+
+    annotations: list[dict[str, Any]]
+    regions: list[ClassRegion]
+
+
 def encode_annotations(
-    labels_hw: np.ndarray, confidence_hw: np.ndarray, vocabulary: Vocabulary, image_id: int
-) -> list[dict[str, Any]]:
-    """One annotation per class present in ``labels_hw`` (class indices; 255 unlabelled, or
+    labels_hw: np.ndarray,
+    confidence_hw: np.ndarray,
+    vocabulary: Vocabulary,
+    image_id: int,
+    min_instance_area: int | None = None,
+) -> EncodedImage:
+    """Annotations of the classes present in ``labels_hw`` (class indices; 255 unlabelled, or
     65535 in the uint16 maps of vocabularies over 255 classes).
 
-    Returns annotations without ``id`` (numbered per COCO file).
+    Args:
+        labels_hw: ``H x W`` class indices.
+        confidence_hw: ``H x W`` float32, the chosen class's probability.
+        vocabulary: the classes.
+        image_id: the COCO image id.
+        min_instance_area: ``None``: one annotation per class (its union mask). Else thing
+            classes give one annotation per connected component of at least this many
+            pixels (:func:`pipeline.formats.instances.instance_masks`), stuff and background
+            classes still one.
+
+    Returns:
+        The annotations, and per class present its region (the whole class, however split).
     """
-    annotations = []
+    annotations, regions = [], []
     _, unlabelled = vocabulary.label_format
     for index in np.unique(labels_hw):
         if index == unlabelled:
             continue
-        mask = labels_hw == index
-        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-        annotations.append(
-            {
-                "image_id": image_id,
-                "category_id": vocabulary.classes[int(index)].id,
-                # counts decoded to str: JSON cannot hold bytes
-                "segmentation": {
-                    "size": [int(s) for s in rle["size"]],
-                    "counts": rle["counts"].decode("ascii"),
-                },
-                "area": int(mask_utils.area(rle)),
-                "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-                "iscrowd": 0,
-                "score": float(confidence_hw[mask].mean()),
-            }
+        category = vocabulary.classes[int(index)]
+        mask_hw = labels_hw == index
+        regions.append(
+            ClassRegion(category.id, int(mask_hw.sum()), float(confidence_hw[mask_hw].mean()))
         )
-    return annotations
+        split = min_instance_area is not None and category.is_thing
+        parts = instance_masks(mask_hw, min_instance_area or 0) if split else (mask_hw,)
+        annotations += [_annotation(part, confidence_hw, category.id, image_id) for part in parts]
+    return EncodedImage(annotations, regions)
+
+
+def _annotation(
+    mask_hw: np.ndarray, confidence_hw: np.ndarray, category_id: int, image_id: int
+) -> dict[str, Any]:
+    """The COCO annotation of one mask: RLE, area and bbox from pycocotools, mean confidence."""
+    rle = mask_utils.encode(np.asfortranarray(mask_hw.astype(np.uint8)))
+    return {
+        "image_id": image_id,
+        "category_id": category_id,
+        # counts decoded to str: JSON cannot hold bytes
+        "segmentation": {
+            "size": [int(s) for s in rle["size"]],
+            "counts": rle["counts"].decode("ascii"),
+        },
+        "area": int(mask_utils.area(rle)),
+        "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+        "iscrowd": 0,
+        "score": float(confidence_hw[mask_hw].mean()),
+    }
+
+
+def _supercategory(c: VocabularyClass) -> str:
+    return "background" if c.is_background else "object" if c.is_thing else "stuff"
 
 
 def decode_label_map(

@@ -10,7 +10,10 @@ from __future__ import annotations
 import hashlib
 import re
 
-FORMAT_VERSION = 3
+import pyarrow as pa
+import pyarrow.compute as pc
+
+FORMAT_VERSION = 4
 
 RUN = "run.json"
 # Per shard, written by its worker: the Parquet datasets, a COCO file, then the marker last.
@@ -20,7 +23,13 @@ SHARDS, LEDGER, LABELS = "shards", "ledger", "labels"
 ANNOTATIONS, FAILURES = "annotations.json", "failures.jsonl"
 EVALUATION, EVALUATION_TABLE, PREVIEWS = "evaluation.json", "evaluation.md", "previews"
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# A label file keeps its image's relative path with the image suffix swapped for ``.png``
+# (``nested/d.jpg`` -> ``labels/nested/d.png``), as training frameworks pair images and masks.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+_IMAGE_SUFFIX = re.compile(r"\.(jpe?g|png|webp|bmp|tiff?|gif)$", re.IGNORECASE)
+# Characters no file name should hold (controls, and what Windows or shells refuse), made `_`.
+_UNSAFE_CHARACTERS = re.compile(r'[\x00-\x1f\x7f\\:*?"<>|]')
+_MAX_SEGMENT_BYTES, _MAX_PATH_BYTES = 200, 1000
 
 
 def shard_name(index: int) -> str:
@@ -54,12 +63,34 @@ def ledger_segment_path(generation: int, sequence: int) -> str:
 
 
 def label_file_name(image_id: str | int) -> str:
-    """A file name for an image's PNG: the id itself when safe, else ``_`` + a hash of it."""
+    """An image's label file, relative to ``labels/``: its id as a relative path, sanitised,
+    with an image suffix swapped for ``.png`` (``nested/deeper/d.jpg`` -> ``nested/deeper/d.png``).
+
+    Characters a file system or shell refuses become ``_``. An id that cannot be made a safe
+    relative path (absolute, empty or ``.``/``..`` segments, overlong) gets ``_`` + a hash of
+    it instead, so nothing escapes ``labels/``. Distinct ids may share a name (``a.jpg`` and
+    ``a.png``, or ``a:b`` and ``a_b``): the planner refuses such manifests when label maps are
+    written (see :func:`label_name_keys`).
+    """
     text = str(image_id)
-    if _SAFE_NAME.match(text):  # starts alphanumeric: never ".", ".." or a hidden file
-        return f"{text}.png"
+    segments = _UNSAFE_CHARACTERS.sub("_", text).split("/")
+    if len(text.encode()) <= _MAX_PATH_BYTES and all(_safe(s) for s in segments):
+        return _IMAGE_SUFFIX.sub("", "/".join(segments)) + ".png"
     return f"_{hashlib.sha256(text.encode()).hexdigest()[:24]}.png"
 
 
 def label_path(image_id: str | int) -> str:
     return f"{LABELS}/{label_file_name(image_id)}"
+
+
+def label_name_keys(ids: pa.Array) -> pa.Array:
+    """Per string id, a key that is equal wherever :func:`label_file_name` is (vectorised, for
+    the planner's collision check over millions of ids). Keys may also be equal for ids with
+    different names (hashed ones): a match is a suspect, confirmed with the names themselves.
+    """
+    sanitised = pc.replace_substring_regex(ids, _UNSAFE_CHARACTERS.pattern, "_")
+    return pc.replace_substring_regex(sanitised, "(?i)" + _IMAGE_SUFFIX.pattern, "")
+
+
+def _safe(segment: str) -> bool:
+    return segment not in ("", ".", "..") and len(segment.encode()) <= _MAX_SEGMENT_BYTES

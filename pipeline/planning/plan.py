@@ -14,13 +14,15 @@ shard whose rows changed is refused.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
-from pipeline.formats.layout import shard_name
-from pipeline.planning.ids import RangeDigest, digest, row_hashes
+from pipeline.formats.layout import label_file_name, label_name_keys, shard_name
+from pipeline.planning.ids import RangeDigest, digest, is_string, row_hashes
 from pipeline.planning.manifest import (
     MAX_LISTED,
     ImageRecord,
@@ -77,6 +79,7 @@ def plan_shards(
     shard_size: int,
     previous: Sequence[Shard] = (),
     finished: Iterable[int] = (),
+    label_files: bool = False,
 ) -> Plan:
     """Validate the manifest's rows and cut them into shards.
 
@@ -85,9 +88,12 @@ def plan_shards(
         shard_size: rows per new shard (a file's last shard may be shorter).
         previous: the plan of an earlier run into the same output, if any.
         finished: indices of its shards that are done.
+        label_files: the run writes label maps: ids whose label files would share a name
+            (:func:`pipeline.formats.layout.label_file_name`) are refused too.
 
     Raises:
-        ManifestError: null or repeated ids or uris, or rows that changed under a finished shard.
+        ManifestError: null or repeated ids or uris, ids sharing a label file, or rows that
+            changed under a finished shard.
     """
     if shard_size < 1:
         raise ManifestError(f"shard_size must be >= 1, got {shard_size}.")
@@ -98,7 +104,7 @@ def plan_shards(
     gone = [s for s, ok in zip(previous, fits, strict=True) if not ok]
     _refuse_changed([s for s in gone if s.index in done], manifest)
     ranges = _ranges(manifest, candidates, shard_size)
-    digests = _scan(manifest, ranges)
+    digests = _scan(manifest, ranges, label_files=label_files)
     same = [digests[(s.file, s.start, s.count)] == s.digest for s in candidates]
     kept = [s for s, ok in zip(candidates, same, strict=True) if ok]
     changed = [s for s, ok in zip(candidates, same, strict=True) if not ok]
@@ -176,16 +182,21 @@ def _number(
     return Plan(tuple(sorted(shards, key=lambda s: s.index)), rows, kept=len(kept))
 
 
-def _scan(manifest: Manifest, ranges: Sequence[Range], validate: bool = True) -> dict[Range, str]:
-    """One streaming pass: the digest of every range; with ``validate``, nulls and duplicates.
+def _scan(
+    manifest: Manifest, ranges: Sequence[Range], validate: bool = True, label_files: bool = False
+) -> dict[Range, str]:
+    """One streaming pass: the digest of every range; with ``validate``, nulls and duplicates
+    (of ids, and with ``label_files`` of their label file names).
 
-    Memory: one batch of rows, a digest per range, and (validating) 8 bytes a row of hashes.
+    Memory: one batch of rows, a digest per range, and (validating) 8 bytes a row of hashes
+    (16 with ``label_files``).
     """
     by_file: dict[str, list[Range]] = defaultdict(list)
     for r in ranges:
         by_file[r[0]].append(r)
     digests: dict[Range, str] = {}
     hashes: list[np.ndarray] = []
+    label_hashes: list[np.ndarray] = []
     nulls: dict[str, list[int]] = {"image_id": [], "uri": []}  # the first few rows
     null_counts = {"image_id": 0, "uri": 0}
     base = 0
@@ -202,6 +213,8 @@ def _scan(manifest: Manifest, ranges: Sequence[Range], validate: bool = True) ->
                     null_counts[name] += column.null_count
             if validate and not ids.null_count:
                 hashes.append(row_hashes(ids))
+                if label_files and is_string(ids):  # integer ids name distinct files
+                    label_hashes.append(row_hashes(label_name_keys(ids)))
             for r, builder in builders.items():
                 lo, hi = max(r[1], row), min(r[1] + r[2], row + len(ids))
                 if lo < hi:
@@ -215,32 +228,59 @@ def _scan(manifest: Manifest, ranges: Sequence[Range], validate: bool = True) ->
                 f"{rows_text(null_rows, null_counts[name])}; every row needs one."
             )
     if validate and hashes:
-        _refuse_duplicates(manifest, np.concatenate(hashes))
+        repeated, rows = _repeats(manifest, np.concatenate(hashes), row_hashes, lambda i: i)
+        if repeated:
+            raise ManifestError(
+                f"{manifest.location}: {len(repeated)} image_id value(s) repeat, e.g. {repeated} "
+                f"in rows {rows_text(rows)}; image ids must be unique."
+            )
+    if validate and label_hashes:
+        repeated, rows = _repeats(
+            manifest,
+            np.concatenate(label_hashes),
+            lambda ids: row_hashes(label_name_keys(ids)),
+            label_file_name,
+        )
+        if repeated:
+            raise ManifestError(
+                f"{manifest.location}: {len(repeated)} label file name(s) would hold several "
+                f"images, e.g. labels/{repeated[0]} for rows {rows_text(rows)} (label maps keep "
+                "the id's path with its image suffix swapped for .png, and characters such as "
+                "':' made '_'). Rename those ids, or label without --png-labels."
+            )
     return digests
 
 
-def _refuse_duplicates(manifest: Manifest, hashes: np.ndarray) -> None:
-    """Find repeated ids from their row hashes; confirm them on the ids themselves."""
+def _repeats(
+    manifest: Manifest,
+    hashes: np.ndarray,
+    hash_of: Callable[[pa.Array], np.ndarray],
+    key_of: Callable[[Any], Any],
+) -> tuple[list[Any], list[int]]:
+    """Keys shared by several rows, found from 64-bit row hashes and confirmed on the keys.
+
+    Args:
+        hashes: ``N`` uint64, ``hash_of`` of every row's id, in manifest order.
+        hash_of: ids -> their hashes (the second pass recomputes them, batch by batch).
+        key_of: an id -> its exact key (two rows collide when their keys are equal).
+
+    Returns:
+        Up to ``MAX_LISTED`` repeated keys, and the manifest rows that hold them, sorted.
+    """
     ordered = np.sort(hashes)
     suspects = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
     if not len(suspects):
-        return
-    rows_of: dict[str | int, list[int]] = defaultdict(list)
+        return [], []
+    rows_of: dict[Any, list[int]] = defaultdict(list)
     base = 0
     for file in manifest.files:  # a second pass, over the few suspect rows only
         for row, ids, _ in id_batches(file):
-            where = np.flatnonzero(np.isin(row_hashes(ids), suspects))
+            where = np.flatnonzero(np.isin(hash_of(ids), suspects))
             for k in where.tolist():
-                rows_of[ids[k].as_py()].append(base + row + k)
+                rows_of[key_of(ids[k].as_py())].append(base + row + k)
         base += file.rows
-    repeated = [value for value, rows in rows_of.items() if len(rows) > 1]
-    if repeated:
-        shown = repeated[:MAX_LISTED]
-        rows = sorted(r for value in shown for r in rows_of[value])
-        raise ManifestError(
-            f"{manifest.location}: {len(repeated)} image_id value(s) repeat, e.g. {shown} in rows "
-            f"{rows_text(rows)}; image ids must be unique."
-        )
+    repeated = [key for key, rows in rows_of.items() if len(rows) > 1][:MAX_LISTED]
+    return repeated, sorted(r for key in repeated for r in rows_of[key])
 
 
 def _refuse_changed(shards: Sequence[Shard], manifest: Manifest) -> None:

@@ -121,7 +121,7 @@ def prepare_run(config: RunConfig) -> PreparedRun:
         previous = read_run(storage)
         _check_format(storage, previous)
         manifest = open_manifest(config.manifest)
-        plan, entries = plan_with_previous(storage, manifest, config.shard_size)
+        plan, entries = plan_with_previous(storage, manifest, config.shard_size, config.png_labels)
         uris: tuple[str, ...] = ()
         if config.method.needs_calibration:
             # Every worker and every resumed run fuse the same blocks: they come from the
@@ -227,6 +227,7 @@ def _label(
             images_per_call=config.images_per_call,
             decode_threads=config.decode_threads,
             png_labels=config.png_labels,
+            min_instance_area=config.min_instance_area,
         )
         executor = backend.executor(config, resolution.spec, settings)
         try:

@@ -35,6 +35,8 @@ def coco_info(
         "thresholds": {
             c.name: t for c, t in zip(vocabulary.classes, vocabulary.thresholds, strict=True)
         },
+        # Instances split thing classes into components of at least this many pixels.
+        "min_instance_area": config.min_instance_area,
         "fingerprint": fingerprint,
     }
 

@@ -14,7 +14,7 @@ from pipeline.running.ledger import DONE, FAILED, PENDING, Ledger, ShardEntry
 
 
 def plan_with_previous(
-    storage: Storage, manifest: Manifest, shard_size: int
+    storage: Storage, manifest: Manifest, shard_size: int, label_files: bool = False
 ) -> tuple[Plan, dict[int, ShardEntry]]:
     """The plan (the previous one kept where its rows are unchanged) and an entry per shard.
 
@@ -26,7 +26,8 @@ def plan_with_previous(
     known = Ledger(storage).read()
     markers = set(finished_shards(storage))
     finished = {i for i, e in known.items() if e.state == DONE} | markers
-    plan = plan_shards(manifest, shard_size, [e.descriptor for e in known.values()], finished)
+    previous = [e.descriptor for e in known.values()]
+    plan = plan_shards(manifest, shard_size, previous, finished, label_files)
     entries: dict[int, ShardEntry] = {}
     for shard in plan.shards:
         entry = known.get(shard.index) or ShardEntry.planned(shard)

@@ -23,7 +23,7 @@ from PIL import Image
 from gclip import InferenceConfig, Vocabulary
 from pipeline.errors import is_out_of_memory
 from pipeline.formats import images as image_io
-from pipeline.formats.coco import encode_annotations
+from pipeline.formats.coco import ClassRegion, encode_annotations
 from pipeline.formats.layout import label_path
 from pipeline.formats.shard_files import (
     ShardContext,
@@ -60,6 +60,8 @@ class ShardSettings:
         images_per_call: images handed to the segmenter at once.
         decode_threads: image-decoding threads.
         png_labels: also write indexed PNG label maps.
+        min_instance_area: ``None``: one annotation per class and image; else thing classes
+            split into connected components of at least this many pixels.
     """
 
     context: ShardContext
@@ -67,6 +69,7 @@ class ShardSettings:
     images_per_call: int = 8
     decode_threads: int = 4
     png_labels: bool = False
+    min_instance_area: int | None = None
 
     @property
     def vocabulary(self) -> Vocabulary:
@@ -225,11 +228,11 @@ def encode_shard(
             storage.write_atomic(label_file, _png(labels_hw, settings.vocabulary))
             image_record["label_file"] = label_file
         labels.images.append(image_record)
-        image_annotations = encode_annotations(
-            labels_hw, confidence_hw, settings.vocabulary, rec.index
+        encoded = encode_annotations(
+            labels_hw, confidence_hw, settings.vocabulary, rec.index, settings.min_instance_area
         )
-        labels.annotations += image_annotations
-        labels.summary += _summary_rows(rec, image_annotations, labels_hw.size, settings.vocabulary)
+        labels.annotations += encoded.annotations
+        labels.summary += _summary_rows(rec, encoded.regions, labels_hw.size, settings.vocabulary)
     if task.retry_failed:
         previous = read_labels(storage, task.shard.index)
         labels = labels.merged(previous, {r.image_id for r in segmented.todo})
@@ -320,23 +323,19 @@ def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
 
 
 def _summary_rows(
-    rec: ImageRecord, annotations: list[dict[str, Any]], pixels: int, vocabulary: Vocabulary
+    rec: ImageRecord, regions: list[ClassRegion], pixels: int, vocabulary: Vocabulary
 ) -> list[dict[str, Any]]:
-    """Per image and predicted class: pixel fraction and mean confidence (for curation).
-
-    Read off the image's annotations: ``area`` is the class's pixel count and ``score`` its mean
-    confidence, so the label map is not scanned again.
-    """
+    """Per image and predicted class: pixel fraction and mean confidence (for curation)."""
     names = {c.id: c.name for c in vocabulary.classes}
     return [
         {
             "image_id": rec.image_id,
-            "category_id": ann["category_id"],
-            "category": names[ann["category_id"]],
-            "pixel_fraction": ann["area"] / pixels,
-            "mean_confidence": ann["score"],
+            "category_id": region.category_id,
+            "category": names[region.category_id],
+            "pixel_fraction": region.pixels / pixels,
+            "mean_confidence": region.mean_confidence,
         }
-        for ann in annotations
+        for region in regions
     ]
 
 
