@@ -188,3 +188,22 @@ def test_a_grown_manifest_labels_only_its_new_rows_and_a_changed_one_is_refused(
     pq.write_table(pa.table(table), root / "m.parquet")
     with pytest.raises(InputError, match="finished shard.*shard-000000"):
         run_labelling(config_for(root), LocalBackend(BrightnessSegmenter()))
+
+
+def test_merge_for_a_labelling_tool_names_images_by_their_ids(tmp_path):
+    """CVAT matches annotations to a task's images by relative path: ``--file-names image_id``
+    writes a second COCO file whose ``file_name`` is the id; all else equal."""
+    root = make_dataset(tmp_path, count=5)
+    assert run_labelling(config_for(root), LocalBackend(BrightnessSegmenter())).ok
+    out = root / "out"
+    args = [str(out), "--file-names", "image_id", "--name", "tools/cvat.json"]
+    assert merge_job.main(args) == 0
+    merged = json.loads((out / "annotations.json").read_text())
+    for_tool = json.loads((out / "tools" / "cvat.json").read_text())
+    schemas.validate(for_tool, "annotations")
+    assert [im["file_name"] for im in for_tool["images"]] == ["im0", "im1", "im2", "img/3", "im4"]
+    assert [{**im, "file_name": 0} for im in for_tool["images"]] == [
+        {**im, "file_name": 0} for im in merged["images"]
+    ]
+    assert for_tool["annotations"] == merged["annotations"]
+    assert for_tool["categories"] == merged["categories"]

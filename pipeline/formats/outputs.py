@@ -24,13 +24,18 @@ def finished_shards(storage: Storage) -> list[int]:
     return sorted(int(p.rsplit("-", 1)[1].removesuffix(".json")) for p in names)
 
 
+FILE_NAMES = ("uri", "image_id")
+
+
 def merge(
     storage: Storage,
     shards: Sequence[int],
     info: dict[str, Any] | None = None,
     categories: list[dict[str, Any]] | None = None,
+    name: str = ANNOTATIONS,
+    file_names: str = "uri",
 ) -> dict[str, int]:
-    """Write ``annotations.json`` and ``failures.jsonl`` from the shards' files.
+    """Write ``annotations.json`` (or ``name``) and ``failures.jsonl`` from the shards' files.
 
     Each COCO shard file is read twice (images, then annotations) and annotation ids are
     numbered anew across the run, so memory holds one shard at a time.
@@ -39,6 +44,10 @@ def merge(
         storage: the run's output folder.
         shards: finished shard indices, merged in this order.
         info, categories: the COCO header; by default the first shard's.
+        name: the COCO file's path, relative to ``storage``.
+        file_names: what images' ``file_name`` holds: ``uri`` (where the job read them), or
+            ``image_id`` (with a manifest from ``jobs.manifest``, the path relative to the
+            image folder, which is how labelling tools such as CVAT name a task's images).
 
     Returns:
         ``images`` and ``annotations`` written.
@@ -52,11 +61,15 @@ def merge(
         {"info": info, "categories": categories, "images": [], "annotations": []}, "annotations"
     )
     counts = {"images": 0, "annotations": 0}
-    with storage.open_atomic(ANNOTATIONS) as coco, storage.open_atomic(FAILURES) as failures:
+    if file_names not in FILE_NAMES:
+        raise ValueError(f"file_names must be one of {FILE_NAMES}, got {file_names!r}.")
+    with storage.open_atomic(name) as coco, storage.open_atomic(FAILURES) as failures:
         coco.write(b'{"info":' + _json(info) + b',"categories":' + _json(categories))
         coco.write(b',"images":[')
         for shard in shards:
             images = read_coco(storage, shard)["images"]
+            if file_names == "image_id":
+                images = [{**image, "file_name": str(image["image_id"])} for image in images]
             _write_items(coco, images, first=counts["images"] == 0)
             counts["images"] += len(images)
             failed = read_marker(storage, shard)["failures"]
