@@ -202,13 +202,12 @@ class Segmenter:
         resized = [self.preprocess(chw, config.short_side) for chw in chws]
         text = self.text.embed(vocabulary).to(self.device)  # N x E
         name_to_class = torch.tensor(vocabulary.name_to_class, dtype=torch.long)
-        file_dtype, unlabelled = vocabulary.label_format
         accumulators = [
             LabelAccumulator(
                 size_hw,
                 config.logit_scale,
                 vocabulary.thresholds,
-                unlabelled,
+                vocabulary.below_threshold_label,
                 label_dtype(len(vocabulary.classes)),
                 self.device,
             )
@@ -222,6 +221,7 @@ class Segmenter:
             canvases = stitch(windowed, text[chunk])  # per image C x h x w
             for image, canvas, accumulator in zip(resized, canvases, accumulators, strict=True):
                 accumulator.update(refine(canvas, image, config), name_to_class[chunk])
+        file_dtype, _ = vocabulary.label_format
         results = []
         for accumulator in accumulators:
             labels, confidence = accumulator.result()

@@ -78,10 +78,14 @@ class Vocabulary:
         classes: the classes; a label map value is an index into this tuple.
         threshold: default minimum probability for classes without their own threshold;
             ``None`` labels every pixel with its most probable class.
+        below_threshold: what pixels below their class's threshold become: ``unlabelled``
+            (255 / 65535), or ``background``, the first background class (as the research
+            repos score benchmarks with background: ``prob_thd``).
     """
 
     classes: tuple[VocabularyClass, ...]
     threshold: float | None = None
+    below_threshold: str = "unlabelled"
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -101,6 +105,13 @@ class Vocabulary:
         """``(dtype, unlabelled value)`` of this vocabulary's label maps (see
         :func:`label_format`)."""
         return label_format(len(self.classes))
+
+    @property
+    def below_threshold_label(self) -> int:
+        """The label value of pixels below their class's threshold."""
+        if self.below_threshold == "background":
+            return next(i for i, c in enumerate(self.classes) if c.is_background)
+        return self.label_format[1]
 
     @property
     def thresholds(self) -> tuple[float | None, ...]:
@@ -129,6 +140,8 @@ class Vocabulary:
         out: dict[str, Any] = {"classes": classes}
         if self.threshold is not None:
             out["threshold"] = self.threshold
+        if self.below_threshold != "unlabelled":
+            out["below_threshold"] = self.below_threshold
         return out
 
     @property
@@ -191,7 +204,11 @@ def parse_json(data: Mapping[str, Any]) -> Vocabulary:
         )
         for c in data["classes"]
     )
-    return Vocabulary(classes=classes, threshold=data.get("threshold"))
+    return Vocabulary(
+        classes=classes,
+        threshold=data.get("threshold"),
+        below_threshold=data.get("below_threshold", "unlabelled"),
+    )
 
 
 def load_vocabulary(
@@ -216,7 +233,7 @@ def load_vocabulary(
         raise VocabularyError(f"Vocabulary file {path} is not valid JSON: {err}") from err
     vocabulary = parse_json(data)
     if threshold is not None:
-        vocabulary = Vocabulary(classes=vocabulary.classes, threshold=threshold)
+        vocabulary = Vocabulary(vocabulary.classes, threshold, vocabulary.below_threshold)
     return vocabulary
 
 
@@ -247,6 +264,15 @@ def _validate(vocabulary: Vocabulary) -> None:
                     "each name must belong to exactly one class."
                 )
             seen_names[key] = cls.name
+    if vocabulary.below_threshold not in ("unlabelled", "background"):
+        raise VocabularyError(
+            f"below_threshold is 'unlabelled' or 'background', not {vocabulary.below_threshold!r}."
+        )
+    if vocabulary.below_threshold == "background" and not any(c.is_background for c in classes):
+        raise VocabularyError(
+            "below_threshold 'background' needs a background class: flag one with "
+            '"background": true (or name it background).'
+        )
     for value in (vocabulary.threshold, *(c.threshold for c in classes)):
         if value is not None and not 0.0 <= value <= 1.0:
             raise VocabularyError(f"Thresholds are probabilities in [0, 1]; got {value}.")

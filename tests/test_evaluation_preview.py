@@ -130,3 +130,31 @@ def test_previews(finished_run):
     assert len(files) == 2
     picture = np.asarray(Image.open(files[0]).convert("RGB"))
     assert picture.shape[1] > 2 * 12  # image, overlay and legend side by side
+
+
+def test_coco_ground_truth_matches_ids_that_keep_the_file_name():
+    """A manifest made from a COCO file (``jobs.manifest gt.json``) has ids equal to the
+    ``file_name``s, extension included; two folders may hold the same stem."""
+    from pipeline.reading.evaluation import _coco_reader
+
+    gt = {
+        "images": [
+            {"id": 1, "file_name": "x/a.jpg", "height": 2, "width": 2},
+            {"id": 2, "file_name": "y/a.jpg", "height": 2, "width": 2},
+        ],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 2,
+                "category_id": 5,
+                "bbox": [0, 0, 1, 1],
+                "area": 1,
+                "segmentation": {"size": [2, 2], "counts": [0, 1, 3]},
+                "iscrowd": 0,
+            },
+        ],
+        "categories": [{"id": 5, "name": "thing"}],
+    }
+    read = _coco_reader(gt, {5: 0})
+    assert read({"image_id": "x/a.jpg"}).tolist() == [[255, 255], [255, 255]]
+    assert read({"image_id": "y/a.jpg"}).tolist() == [[0, 255], [255, 255]]

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gclip import InferenceConfig, Segmenter, parse_text
+from gclip import InferenceConfig, Segmenter, parse_json, parse_text
 from gclip.inference import (
     Window,
     _overlap,
@@ -265,3 +265,24 @@ def test_vectorised_stitching_equals_window_by_window_exactly(crop, stride):
             if _overlap(a, b):
                 assert step[j] < step[i]
     assert len(set(step.values())) < len(windows)
+
+
+def test_pixels_below_threshold_become_background_when_asked(segmenter):
+    """The research repos' ``prob_thd``: below it a pixel is background (class 0), not
+    unlabelled; everything else is unchanged."""
+    image = np.random.default_rng(1).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    text = "sky, wall, floor\ncat\ndog\nbird"
+    config = InferenceConfig(short_side=32, crop=32, stride=16)
+    free = segmenter.segment([image], parse_text(text, background_first_line=True), config)[0]
+    cut = float(np.median(free.confidence_hw))  # about half of the pixels fall below it
+    below = free.confidence_hw < cut
+    assert 0 < below.sum() < below.size
+    as_json = parse_text(text, background_first_line=True, threshold=cut).to_json()
+    unlabelled = segmenter.segment([image], parse_json(as_json), config)[0]
+    background = parse_json({**as_json, "below_threshold": "background"})
+    to_background = segmenter.segment([image], background, config)[0]
+    np.testing.assert_array_equal(unlabelled.labels_hw, np.where(below, 255, free.labels_hw))
+    np.testing.assert_array_equal(to_background.labels_hw, np.where(below, 0, free.labels_hw))
+    np.testing.assert_array_equal(to_background.confidence_hw, free.confidence_hw)
+    with pytest.raises(ValueError, match="needs a background class"):
+        parse_json({"classes": [{"id": 1, "name": "cat"}], "below_threshold": "background"})

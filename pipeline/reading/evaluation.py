@@ -135,6 +135,7 @@ def _coco_reader(gt: dict[str, Any], index_of: dict[int, int]) -> GroundTruth:
     for image in gt["images"]:
         by_key[str(image["id"])] = image
         name = PurePosixPath(image.get("file_name", ""))
+        by_key.setdefault(str(name), image)  # ids of a manifest made from this COCO file
         by_key.setdefault(str(name.with_suffix("")), image)  # "train/img_7.jpg" -> "train/img_7"
         by_key.setdefault(name.stem, image)  # -> "img_7"
     truth_maps = CocoLabelMaps(gt, index_of)
