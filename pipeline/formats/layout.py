@@ -22,6 +22,7 @@ SHARDS, LEDGER, LABELS = "shards", "ledger", "labels"
 # Merged at the end of a run small enough for one file, or by `python -m jobs.merge`.
 ANNOTATIONS, FAILURES = "annotations.json", "failures.jsonl"
 EVALUATION, EVALUATION_TABLE, PREVIEWS = "evaluation.json", "evaluation.md", "previews"
+REPORT = "report.html"
 
 # A label file keeps its image's relative path with the image suffix swapped for ``.png``
 # (``nested/d.jpg`` -> ``labels/nested/d.png``), as training frameworks pair images and masks.
