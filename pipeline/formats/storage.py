@@ -4,15 +4,23 @@ Writes go to a temporary name in the same folder and are renamed (local) or move
 stores: a server-side copy, which readers see whole or not at all) into place. A crash never
 leaves a half-written file at a final path. Reads that fail transiently (a timeout, a reset
 connection, an HTTP 5xx or throttling answer) are retried with exponential backoff.
+
+:func:`read_bytes` also reads ``http://`` and ``https://`` URLs (read-only, with the standard
+library): a 404 or 410 is a :class:`FileNotFoundError`, 401 and 403 a :class:`PermissionError`,
+and 5xx, 408 and 429 answers are transient.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import logging
 import os
 import random
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -47,6 +55,21 @@ _TRANSIENT = (
     "response code: 5",
 )
 _PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+HTTP_TIMEOUT_S = 30.0  # per connect and per socket read, not for the whole download
+HTTP_SCHEMES = ("http", "https")
+
+
+class HTTPStatusError(OSError):
+    """An http(s) server answered a read with an error status other than 404/410/401/403."""
+
+    def __init__(self, url: str, status: int, reason: str) -> None:
+        super().__init__(f"HTTP {status} {reason} from {url}")
+        self.status = status
+
+    @property
+    def transient(self) -> bool:
+        """Server trouble (5xx), a request timeout (408) or throttling (429): worth a retry."""
+        return self.status >= 500 or self.status in (408, 429)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +96,11 @@ def is_transient(err: BaseException) -> bool:
     """Whether a read error may pass on its own (worth retrying), from its type and message."""
     if isinstance(err, _PERMANENT):
         return False
-    if isinstance(err, TimeoutError | ConnectionError):
+    if isinstance(err, HTTPStatusError):
+        return err.transient
+    if isinstance(err, urllib.error.URLError) and isinstance(err.reason, BaseException):
+        return is_transient(err.reason)  # urllib wraps the socket error: judge that one
+    if isinstance(err, TimeoutError | ConnectionError | http.client.IncompleteRead):
         return True
     text = str(err).lower()
     return isinstance(err, OSError) and any(fragment in text for fragment in _TRANSIENT)
@@ -122,8 +149,23 @@ def resolve(location: str) -> tuple[pafs.FileSystem, str]:
         raise ValueError(f"Unsupported location {location!r}: {err}") from err
 
 
-def read_bytes(uri: str, backoff: Backoff | None = None) -> bytes:
-    """Whole contents of a file named by a path or URI, transient errors retried."""
+def read_bytes(uri: str, backoff: Backoff | None = None, timeout_s: float | None = None) -> bytes:
+    """Whole contents of a file named by a path or URI, transient errors retried.
+
+    Args:
+        uri: a local path, ``file://``, ``s3://`` (see :func:`resolve`), ``http://`` or
+            ``https://`` location.
+        backoff: retries of transient errors; :data:`READ_BACKOFF` when not given.
+        timeout_s: http(s) only: seconds to connect and to wait for each read from the
+            socket; :data:`HTTP_TIMEOUT_S` when not given.
+
+    Raises:
+        FileNotFoundError: no such file (for http(s): a 404 or 410 answer).
+        OSError: any other read error, after retries if it was transient.
+    """
+    if urllib.parse.urlsplit(uri).scheme.lower() in HTTP_SCHEMES:
+        timeout = HTTP_TIMEOUT_S if timeout_s is None else timeout_s
+        return retrying(lambda: _read_http(uri, timeout), uri, backoff)
 
     def read() -> bytes:
         fs, path = resolve(uri)
@@ -132,6 +174,60 @@ def read_bytes(uri: str, backoff: Backoff | None = None) -> bytes:
         return data
 
     return retrying(read, uri, backoff)
+
+
+def read_head(uri: str, size: int, backoff: Backoff | None = None) -> bytes:
+    """The first ``size`` bytes of a file (all of it if shorter), as :func:`read_bytes` reads.
+
+    One ranged read on object stores and http(s) (a server that ignores ``Range`` is cut
+    off after ``size`` bytes), so headers of large files cost one small request.
+    """
+    if urllib.parse.urlsplit(uri).scheme.lower() in HTTP_SCHEMES:
+        return retrying(lambda: _read_http(uri, HTTP_TIMEOUT_S, size), uri, backoff)
+
+    def read() -> bytes:
+        fs, path = resolve(uri)
+        with fs.open_input_file(path) as handle:
+            data: bytes = handle.read(size)
+        return data
+
+    return retrying(read, uri, backoff)
+
+
+def _read_http(url: str, timeout_s: float, size: int | None = None) -> bytes:
+    """One GET of ``url`` (its first ``size`` bytes if given); error statuses become the
+    exceptions :func:`is_transient` sorts."""
+    headers = {"User-Agent": "gclip-label"}
+    if size is not None:
+        headers["Range"] = f"bytes=0-{size - 1}"
+    request = urllib.request.Request(_quoted(url), headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            data: bytes = response.read() if size is None else response.read(size)
+    except urllib.error.HTTPError as err:
+        status, reason = err.code, err.reason
+        err.close()  # the error holds the open response
+        if status == 416 and size is not None:
+            return b""  # range not satisfiable: the file is empty
+        if status in (404, 410):
+            raise FileNotFoundError(f"HTTP {status} {reason}: {url} does not exist") from err
+        if status in (401, 403):
+            raise PermissionError(f"HTTP {status} {reason}: {url} refused access") from err
+        raise HTTPStatusError(url, status, str(reason)) from err
+    except http.client.IncompleteRead as err:
+        raise ConnectionError(f"{url}: the response ended early ({err!r})") from err
+    return data
+
+
+def _quoted(url: str) -> str:
+    """``url`` with spaces and non-ASCII characters percent-encoded (urllib refuses them).
+
+    Existing ``%XX`` escapes are kept, so a URL that is already encoded is left as it is.
+    """
+    parts = urllib.parse.urlsplit(url)
+    path = urllib.parse.quote(parts.path, safe="/%:@!$&'()*+,;=~-._")
+    query = urllib.parse.quote(parts.query, safe="=&%+/:;,@!$'()*~-._?")
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, query, parts.fragment))
 
 
 class Storage:
