@@ -17,6 +17,7 @@ Output files carry the class ``id``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -81,11 +82,16 @@ class Vocabulary:
         below_threshold: what pixels below their class's threshold become: ``unlabelled``
             (255 / 65535), or ``background``, the first background class (as the research
             repos score benchmarks with background: ``prob_thd``).
+        repeated_names: a name may belong to several classes, as in some research class
+            files (``bed`` is both a background concept and a class in SCLIP's
+            ``cls_coco_object.txt``); a pixel such a name wins goes to the first of them.
+            Refused by default: a repeated name is usually a mistake.
     """
 
     classes: tuple[VocabularyClass, ...]
     threshold: float | None = None
     below_threshold: str = "unlabelled"
+    repeated_names: bool = False
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -142,6 +148,8 @@ class Vocabulary:
             out["threshold"] = self.threshold
         if self.below_threshold != "unlabelled":
             out["below_threshold"] = self.below_threshold
+        if self.repeated_names:
+            out["repeated_names"] = True
         return out
 
     @property
@@ -159,7 +167,10 @@ def label_format(num_classes: int) -> tuple[np.dtype[Any], int]:
 
 
 def parse_text(
-    text: str, background_first_line: bool = False, threshold: float | None = None
+    text: str,
+    background_first_line: bool = False,
+    threshold: float | None = None,
+    repeated_names: bool = False,
 ) -> Vocabulary:
     """Parse the plain-text form: one class per line, synonyms separated by ``,`` or ``;``.
 
@@ -168,6 +179,7 @@ def parse_text(
         background_first_line: the first class line lists background concepts (the
             ``cls_voc21.txt`` convention). A class named ``background`` is background anyway.
         threshold: vocabulary-wide minimum probability (see :class:`Vocabulary`).
+        repeated_names: a name may belong to several classes (see :class:`Vocabulary`).
 
     Returns:
         A vocabulary whose class ids are 1, 2, ... in line order.
@@ -184,7 +196,7 @@ def parse_text(
         classes.append(
             VocabularyClass(id=len(classes) + 1, names=names, is_background=is_background)
         )
-    return Vocabulary(classes=tuple(classes), threshold=threshold)
+    return Vocabulary(tuple(classes), threshold, repeated_names=repeated_names)
 
 
 def parse_json(data: Mapping[str, Any]) -> Vocabulary:
@@ -208,6 +220,7 @@ def parse_json(data: Mapping[str, Any]) -> Vocabulary:
         classes=classes,
         threshold=data.get("threshold"),
         below_threshold=data.get("below_threshold", "unlabelled"),
+        repeated_names=data.get("repeated_names", False),
     )
 
 
@@ -233,7 +246,7 @@ def load_vocabulary(
         raise VocabularyError(f"Vocabulary file {path} is not valid JSON: {err}") from err
     vocabulary = parse_json(data)
     if threshold is not None:
-        vocabulary = Vocabulary(vocabulary.classes, threshold, vocabulary.below_threshold)
+        vocabulary = dataclasses.replace(vocabulary, threshold=threshold)
     return vocabulary
 
 
@@ -258,7 +271,7 @@ def _validate(vocabulary: Vocabulary) -> None:
             if not name.strip():
                 raise VocabularyError(f"Class {cls.name!r} has an empty synonym.")
             key = name.strip().lower()
-            if key in seen_names:
+            if key in seen_names and not vocabulary.repeated_names:
                 raise VocabularyError(
                     f"The name {name!r} appears twice (in {seen_names[key]!r} and {cls.name!r}); "
                     "each name must belong to exactly one class."

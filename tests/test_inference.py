@@ -286,3 +286,18 @@ def test_pixels_below_threshold_become_background_when_asked(segmenter):
     np.testing.assert_array_equal(to_background.confidence_hw, free.confidence_hw)
     with pytest.raises(ValueError, match="needs a background class"):
         parse_json({"classes": [{"id": 1, "name": "cat"}], "below_threshold": "background"})
+
+
+def test_a_repeated_name_goes_to_its_first_class(segmenter):
+    """SCLIP's object class file lists ``bed`` as background and as a class: in the repos the
+    tie goes to the first class, so the second one never wins a pixel; here too."""
+    image = np.random.default_rng(2).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    config = InferenceConfig(short_side=32, crop=32, stride=16)
+    with pytest.raises(ValueError, match="appears twice"):
+        parse_text("sky, bed\nbed\ncat")
+    both = parse_text("sky, bed\nbed\ncat", repeated_names=True)
+    assert parse_json(both.to_json()) == both
+    labels = segmenter.segment([image], both, config)[0].labels_hw
+    alone = segmenter.segment([image], parse_text("sky, bed\ncat"), config)[0].labels_hw
+    assert 1 not in labels
+    np.testing.assert_array_equal(labels, np.where(alone == 1, 2, alone))  # same pixels

@@ -1,0 +1,122 @@
+"""A benchmark, end to end: the split as a manifest, the labelling job, the score.
+
+The job is the one users run (same planning, workers, label maps and resume), configured by
+the preset: the preset is the config-file layer of :func:`pipeline.load_run_config` and the
+user's overrides are flags, so ``run.json`` says where each setting came from. A rerun into the
+same output resumes the labelling and scores again.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gclip import parse_text
+from pipeline.benchmarks.datasets import Sample, layout
+from pipeline.benchmarks.presets import Preset, preset, published
+from pipeline.benchmarks.scoring import benchmark_record, score_split, write_results
+from pipeline.config import load_run_config
+from pipeline.formats.outputs import read_run
+from pipeline.formats.storage import Storage
+from pipeline.running.backends import Backend
+from pipeline.running.coordinator import RunSummary, execute, prepare_run
+
+log = logging.getLogger(__name__)
+MANIFEST, VOCABULARY = "benchmark/manifest.parquet", "benchmark/vocabulary.json"
+
+
+@dataclass(frozen=True, slots=True)
+class BenchmarkSpec:
+    """What to benchmark.
+
+    Attributes:
+        dataset: the benchmark's name (:data:`pipeline.benchmarks.presets.DATASETS`).
+        root: the folder the dataset unpacks to, or its mmseg data root.
+        output: where the run, its label maps and the scores go.
+        protocol: whose evaluation configs set the preset.
+        limit: label and score only the split's first ``limit`` images.
+        overrides: settings over the preset, shaped like the ``--config`` document
+            (``model``, ``pretrained``, ``method``, ``inference``, ``threshold``, ...).
+    """
+
+    dataset: str
+    root: str
+    output: str
+    protocol: str
+    limit: int | None = None
+    overrides: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BenchmarkResult:
+    record: dict[str, Any]
+    labelling: RunSummary
+
+
+def run_benchmark(spec: BenchmarkSpec, backend: Backend) -> BenchmarkResult:
+    """List the split, label it through the job, score it; write ``benchmark.json``/``.md``.
+
+    Raises:
+        InputError: the dataset, its layout or a setting is wrong (nothing labelled yet).
+    """
+    dataset = layout(spec.dataset)
+    chosen = preset(spec.dataset, spec.protocol)
+    samples = dataset.samples(spec.root, spec.limit)
+    storage = Storage(spec.output)
+    storage.write_atomic(MANIFEST, _manifest(samples))
+    storage.write_atomic(VOCABULARY, json.dumps(_vocabulary(chosen)).encode())
+    config = load_run_config(_preset_layer(chosen, storage), spec.overrides or {})
+    summary = execute(prepare_run(config), backend)
+    log.info("%d images labelled, %d failed", summary.images_labelled, summary.images_failed)
+    names = class_names(chosen)
+    split = score_split(spec.output, samples, dataset.truth, names)
+    run = read_run(storage) or {}
+    method = run["config"]["method"]["name"]
+    record = benchmark_record(split, chosen, run, published(method, spec.dataset), spec.limit)
+    write_results(spec.output, record)
+    return BenchmarkResult(record, summary)
+
+
+def class_names(chosen: Preset) -> list[str]:
+    """One name per label: each line's first name, and ``background`` for a background line
+    (whose first name is one background concept, e.g. ``sky``)."""
+    names = [line.split(",")[0].strip() for line in chosen.names.splitlines()]
+    return ["background", *names[1:]] if chosen.background else names
+
+
+def _vocabulary(chosen: Preset) -> dict[str, Any]:
+    """The class-name file as a JSON vocabulary: label = line index; on benchmarks with
+    background, pixels under ``prob_thd`` become background, as the repos score them. A name
+    on two lines stays on both (SCLIP's object file has ``bed`` twice), as in the repos."""
+    vocabulary = parse_text(
+        chosen.names, background_first_line=chosen.background, repeated_names=True
+    )
+    document = vocabulary.to_json()
+    if chosen.threshold is not None:
+        document.update(threshold=chosen.threshold, below_threshold="background")
+    return document
+
+
+def _preset_layer(chosen: Preset, storage: Storage) -> dict[str, Any]:
+    """The preset as a ``--config`` document: the job's settings below the user's flags."""
+    return {
+        "manifest": storage.uri(MANIFEST),
+        "vocabulary": storage.uri(VOCABULARY),
+        "output": storage.root,
+        "inference": chosen.inference(),
+        "png_labels": True,
+    }
+
+
+def _manifest(samples: list[Sample]) -> bytes:
+    table = pa.table({"image_id": [s.image_id for s in samples], "uri": [s.image for s in samples]})
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue()
