@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,15 +50,23 @@ def decode(data: bytes) -> np.ndarray:
     """Decode image bytes to ``H x W x 3`` uint8 RGB, upright per EXIF."""
     if not data:
         raise ImageDecodeError("the file is empty")
+    with pillow_errors():
+        image = Image.open(io.BytesIO(data))
+        if image.width * image.height > MAX_PIXELS:
+            raise ImageDecodeError(
+                f"{image.width}x{image.height} exceeds the {MAX_PIXELS}-pixel decompression-bomb limit"
+            )
+        image.load()
+    return to_rgb(ImageOps.exif_transpose(image))
+
+
+@contextmanager
+def pillow_errors() -> Iterator[None]:
+    """Pillow's refusals of some bytes as :class:`ImageDecodeError`, bomb warnings included."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            image = Image.open(io.BytesIO(data))
-            if image.width * image.height > MAX_PIXELS:
-                raise ImageDecodeError(
-                    f"{image.width}x{image.height} exceeds the {MAX_PIXELS}-pixel decompression-bomb limit"
-                )
-            image.load()
+            yield
         except UnidentifiedImageError as err:
             # Pillow's message names a BytesIO object's address: not the same in two runs, and
             # failure records must be (a rerun writes the same bytes).
@@ -65,7 +75,6 @@ def decode(data: bytes) -> np.ndarray:
             ) from err
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             raise ImageDecodeError(f"refused as a decompression bomb: {err}") from err
-    return to_rgb(ImageOps.exif_transpose(image))
 
 
 def to_rgb(image: Image.Image) -> np.ndarray:

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import io
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import BinaryIO
 
-from PIL import ExifTags, Image, UnidentifiedImageError
+from PIL import ExifTags, Image
 from tqdm import tqdm
 
-from pipeline.formats.images import MAX_PIXELS, ImageDecodeError, ImageFailure
+from pipeline.formats.images import MAX_PIXELS, ImageDecodeError, ImageFailure, pillow_errors
 from pipeline.formats.storage import read_bytes, read_head
 from pipeline.planning.sources import ManifestRow
 
@@ -107,24 +106,18 @@ def image_size(file: BinaryIO) -> tuple[int, int]:
     Raises:
         ImageDecodeError: empty, not an image, or beyond the decompression-bomb limit.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            with Image.open(file) as image:
-                width, height = image.size
-                # PNG's getexif decodes the whole image when no eXIf chunk precedes the pixels;
-                # such files are rare, and keep the header's size here.
-                png_late_exif = image.format == "PNG" and "exif" not in image.info
-                exif = {} if png_late_exif else image.getexif()
-                orientation = exif.get(ExifTags.Base.Orientation, 1)
-        except UnidentifiedImageError as err:
-            raise ImageDecodeError(
-                "not an image, or a format Pillow cannot read (unknown or corrupt header)"
-            ) from err
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-            raise ImageDecodeError(f"refused as a decompression bomb: {err}") from err
-        except (OSError, SyntaxError, ValueError) as err:  # the bytes are in memory: not I/O
-            raise ImageDecodeError(f"corrupt or truncated image header: {err}") from err
+    try:
+        with pillow_errors(), Image.open(file) as image:
+            width, height = image.size
+            # PNG's getexif decodes the whole image when no eXIf chunk precedes the pixels;
+            # such files are rare, and keep the header's size here.
+            png_late_exif = image.format == "PNG" and "exif" not in image.info
+            exif = {} if png_late_exif else image.getexif()
+            orientation = exif.get(ExifTags.Base.Orientation, 1)
+    except ImageDecodeError:
+        raise
+    except (OSError, SyntaxError, ValueError) as err:  # the bytes are in memory: not I/O
+        raise ImageDecodeError(f"corrupt or truncated image header: {err}") from err
     if width * height > MAX_PIXELS:
         raise ImageDecodeError(
             f"{width}x{height} exceeds the {MAX_PIXELS}-pixel decompression-bomb limit"
