@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from pipeline.errors import InputError
 
@@ -161,7 +162,9 @@ class DatasetLayout:
         else:
             stems = _read_split_file(os.path.join(data_root, self.split_file.format(split=split)))
         _refuse_repeated_ids(stems, self.name)
-        return [self._sample(stem, image_dir, truth_dir) for stem in stems[:limit]]
+        kept = stems[:limit]
+        listing = tqdm(kept, desc=f"listing {self.name}", unit="img", disable=len(kept) < 500)
+        return [self._sample(stem, image_dir, truth_dir) for stem in listing]
 
     def truth(self, path: str) -> np.ndarray:
         """Decode a ground-truth file into the benchmark's class indices.
