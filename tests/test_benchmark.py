@@ -13,7 +13,7 @@ from PIL import Image
 
 import schemas
 from jobs import benchmark as benchmark_job
-from pipeline import LocalBackend
+from pipeline import InputError, LocalBackend
 from pipeline.benchmarks.datasets import layout
 from pipeline.benchmarks.presets import DATASETS, PROTOCOLS, default_protocol, preset, published
 from pipeline.benchmarks.runner import BenchmarkSpec, class_names, run_benchmark
@@ -118,6 +118,13 @@ def test_limit_scores_the_first_images_and_a_missing_map_counts_as_missed(tmp_pa
     truth = layout("ade").truth(samples[1].truth)
     assert split.unlabelled == (samples[1].image_id,)
     assert split.scores.confusion[:, -1].sum() == np.sum(truth != 255)  # all of it missed
+
+
+def test_outputs_on_object_storage_are_refused_before_any_work(tmp_path):
+    root = make_dataset("ade", tmp_path / "data", count=1)
+    spec = BenchmarkSpec("ade", str(root), "s3://bucket/bench", "sclip")
+    with pytest.raises(InputError, match="local folder"):
+        run_benchmark(spec, LocalBackend(BrightnessSegmenter()))
 
 
 def test_the_command_end_to_end_on_the_demo_model(tmp_path, capsys):

@@ -19,10 +19,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gclip import parse_text
+from gclip.catalog import is_remote
 from pipeline.benchmarks.datasets import Sample, layout
 from pipeline.benchmarks.presets import Preset, preset, published
 from pipeline.benchmarks.scoring import benchmark_record, score_split, write_results
 from pipeline.config import load_run_config
+from pipeline.errors import InputError
 from pipeline.formats.outputs import read_run
 from pipeline.formats.storage import Storage
 from pipeline.running.backends import Backend
@@ -66,6 +68,11 @@ def run_benchmark(spec: BenchmarkSpec, backend: Backend) -> BenchmarkResult:
     Raises:
         InputError: the dataset, its layout or a setting is wrong (nothing labelled yet).
     """
+    if is_remote(spec.output):
+        raise InputError(
+            f"--output {spec.output}: a benchmark writes into a local folder (its datasets are "
+            "read from disk too); copy the results to object storage afterwards."
+        )
     dataset = layout(spec.dataset)
     chosen = preset(spec.dataset, spec.protocol)
     samples = dataset.samples(spec.root, spec.limit)
@@ -77,7 +84,8 @@ def run_benchmark(spec: BenchmarkSpec, backend: Backend) -> BenchmarkResult:
     log.info("%d images labelled, %d failed", summary.images_labelled, summary.images_failed)
     names = class_names(chosen)
     split = score_split(spec.output, samples, dataset.truth, names)
-    run = read_run(storage) or {}
+    run = read_run(storage)
+    assert run is not None  # execute() wrote it
     method = run["config"]["method"]["name"]
     record = benchmark_record(split, chosen, run, published(method, spec.dataset), spec.limit)
     write_results(spec.output, record)
