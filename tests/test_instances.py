@@ -18,7 +18,7 @@ import schemas
 from gclip import parse_json
 from pipeline import LocalBackend, RunConfig, run_labelling
 from pipeline.formats.coco import annotation_mask, categories, encode_annotations
-from pipeline.formats.instances import instance_masks
+from pipeline.formats.instances import instances
 
 VOCABULARY = {
     "classes": [
@@ -47,11 +47,14 @@ def test_components_are_eight_connected_and_small_ones_dropped():
     mask[3:5, 3:5] = True  # touches the first only at a corner: one object
     mask[7:10, 7:10] = True
     mask[0, 9] = True  # one pixel
-    masks = list(instance_masks(mask, min_area=2))
+    found = list(instances(mask, min_area=2))
+    masks = [inst.mask(mask.shape).astype(bool) for inst in found]
+    assert found[0].box_yx == (slice(1, 5), slice(1, 5))  # the bounding box, as slices
+    assert found[1].mask(mask.shape, order="F").flags.f_contiguous
     assert [int(m.sum()) for m in masks] == [8, 9]  # raster order of first pixel
     assert not (masks[0] & masks[1]).any()
     np.testing.assert_array_equal(masks[0] | masks[1], mask & ~np.eye(10, k=9, dtype=bool))
-    assert len(list(instance_masks(mask, min_area=1))) == 3
+    assert len(list(instances(mask, min_area=1))) == 3
 
 
 def test_thing_classes_split_exactly_and_stuff_stays_whole(tmp_path):

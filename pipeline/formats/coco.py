@@ -15,7 +15,7 @@ from pycocotools import mask as mask_utils
 
 from gclip import Vocabulary
 from gclip.vocabulary import VocabularyClass, label_format
-from pipeline.formats.instances import instance_masks
+from pipeline.formats.instances import instances
 
 
 def categories(vocabulary: Vocabulary) -> list[dict[str, Any]]:
@@ -73,7 +73,7 @@ def encode_annotations(
         image_id: the COCO image id.
         min_instance_area: ``None``: one annotation per class (its union mask). Else thing
             classes give one annotation per connected component of at least this many
-            pixels (:func:`pipeline.formats.instances.instance_masks`), stuff and background
+            pixels (:func:`pipeline.formats.instances.instances`), stuff and background
             classes still one.
 
     Returns:
@@ -89,17 +89,22 @@ def encode_annotations(
         regions.append(
             ClassRegion(category.id, int(mask_hw.sum()), float(confidence_hw[mask_hw].mean()))
         )
-        split = min_instance_area is not None and category.is_thing
-        parts = instance_masks(mask_hw, min_instance_area or 0) if split else (mask_hw,)
-        annotations += [_annotation(part, confidence_hw, category.id, image_id) for part in parts]
+        if min_instance_area is None or not category.is_thing:
+            score = regions[-1].mean_confidence
+            annotations.append(_annotation(mask_hw.astype(np.uint8), score, category.id, image_id))
+            continue
+        for instance in instances(mask_hw, min_instance_area):
+            score = float(confidence_hw[instance.box_yx][instance.mask_box].mean())
+            full_hw = instance.mask(mask_hw.shape, order="F")
+            annotations.append(_annotation(full_hw, score, category.id, image_id))
     return EncodedImage(annotations, regions)
 
 
 def _annotation(
-    mask_hw: np.ndarray, confidence_hw: np.ndarray, category_id: int, image_id: int
+    mask_hw: np.ndarray, score: float, category_id: int, image_id: int
 ) -> dict[str, Any]:
-    """The COCO annotation of one mask: RLE, area and bbox from pycocotools, mean confidence."""
-    rle = mask_utils.encode(np.asfortranarray(mask_hw.astype(np.uint8)))
+    """The COCO annotation of one ``H x W`` uint8 mask: RLE, area and bbox from pycocotools."""
+    rle = mask_utils.encode(np.asfortranarray(mask_hw))
     return {
         "image_id": image_id,
         "category_id": category_id,
@@ -111,7 +116,7 @@ def _annotation(
         "area": int(mask_utils.area(rle)),
         "bbox": [float(v) for v in mask_utils.toBbox(rle)],
         "iscrowd": 0,
-        "score": float(confidence_hw[mask_hw].mean()),
+        "score": score,
     }
 
 
