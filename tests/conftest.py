@@ -1,5 +1,5 @@
-"""Shared fixtures: tiny random-weight open_clip models (CPU, seconds to build) and an S3
-server (moto's server mode, on loopback)."""
+"""Shared fixtures: tiny random-weight open_clip models (CPU, seconds to build), a local Ray
+instance per module, and an S3 server (moto's server mode, on loopback)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import fakes
 import open_clip
 import pyarrow.fs as pafs
 import pytest
@@ -49,6 +50,19 @@ def clip12():
 @pytest.fixture(scope="session")
 def clip6():
     return tiny_clip(depth=6, seed=1)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray instance of 2 CPUs for one test module; its actors unpickle the fakes."""
+    ray = pytest.importorskip("ray")
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(fakes)  # the actors unpickle the fakes by value
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield ray
+    ray.shutdown()
+    cloudpickle.unregister_pickle_by_value(fakes)
 
 
 @pytest.fixture(scope="module")

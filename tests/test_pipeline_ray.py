@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import fakes
 import pyarrow.fs as pafs
 import pytest
 from fakes import Slowed
@@ -23,18 +22,6 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "demo"
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    from ray import cloudpickle
-
-    cloudpickle.register_pickle_by_value(fakes)  # the actors unpickle the fakes by value
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield ray
-    ray.shutdown()
-    cloudpickle.unregister_pickle_by_value(fakes)
 
 
 def demo_config(output, **flags) -> RunConfig:

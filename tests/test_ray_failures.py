@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import fakes
 import pytest
 from fakes import BrightnessSegmenter, BrokenFactory, OnceThen
 from test_pipeline_local import config_for, ledger_of, make_dataset
@@ -12,18 +11,6 @@ from test_pipeline_local import config_for, ledger_of, make_dataset
 from pipeline import LocalBackend, RayBackend, SetupError, run_labelling
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    from ray import cloudpickle
-
-    cloudpickle.register_pickle_by_value(fakes)  # the actors unpickle the fakes by value
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield ray
-    ray.shutdown()
-    cloudpickle.unregister_pickle_by_value(fakes)
 
 
 def clean_annotations(root):
