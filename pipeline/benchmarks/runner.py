@@ -8,25 +8,23 @@ same output resumes the labelling and scores again.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from gclip import parse_text
 from gclip.catalog import is_remote
-from pipeline.benchmarks.datasets import Sample, layout
+from pipeline.benchmarks.datasets import layout
 from pipeline.benchmarks.presets import Preset, preset, published
 from pipeline.benchmarks.scoring import benchmark_record, score_split, write_results
 from pipeline.config import load_run_config
 from pipeline.errors import InputError
 from pipeline.formats.outputs import read_run
 from pipeline.formats.storage import Storage
+from pipeline.planning.manifest_writer import write_manifest
+from pipeline.planning.sources import ManifestRow
 from pipeline.running.backends import Backend
 from pipeline.running.coordinator import RunSummary, execute, prepare_run
 
@@ -77,7 +75,8 @@ def run_benchmark(spec: BenchmarkSpec, backend: Backend) -> BenchmarkResult:
     chosen = preset(spec.dataset, spec.protocol)
     samples = dataset.samples(spec.root, spec.limit)
     storage = Storage(spec.output)
-    storage.write_atomic(MANIFEST, _manifest(samples))
+    rows = [ManifestRow(s.image_id, s.image, spec.dataset) for s in samples]
+    write_manifest(rows, storage.uri(MANIFEST))
     storage.write_atomic(VOCABULARY, json.dumps(_vocabulary(chosen)).encode())
     config = load_run_config(_preset_layer(chosen, storage), spec.overrides or {})
     summary = execute(prepare_run(config), backend)
@@ -121,10 +120,3 @@ def _preset_layer(chosen: Preset, storage: Storage) -> dict[str, Any]:
         "inference": chosen.inference(),
         "png_labels": True,
     }
-
-
-def _manifest(samples: list[Sample]) -> bytes:
-    table = pa.table({"image_id": [s.image_id for s in samples], "uri": [s.image for s in samples]})
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    return buffer.getvalue()
