@@ -94,18 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         help="seconds one shard attempt may take before its worker is restarted",
     )
-    p.add_argument("--batch-size", type=int, help="windows per forward pass")
-    p.add_argument("--short-side", type=int)
-    p.add_argument("--crop", type=int)
-    p.add_argument("--stride", type=int)
-    p.add_argument("--logit-scale", type=float)
-    p.add_argument("--precision", choices=PRECISIONS)
-    p.add_argument("--pamr", action=_BOOL, help="refine logits with PAMR")
-    p.add_argument("--pamr-iterations", type=int)
-    p.add_argument("--pamr-dilations", type=int, nargs="+")
-    p.add_argument(
-        "--name-chunk", type=int, help="names held at once (memory for large vocabularies)"
-    )
+    add_inference_flags(p)
     p.add_argument(
         "--threshold", type=float, help="minimum class probability, else unlabelled (255)"
     )
@@ -150,12 +139,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def add_inference_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of :data:`INFERENCE_FLAGS` (shared with ``jobs.benchmark``)."""
+    p.add_argument("--batch-size", type=int, help="windows per forward pass")
+    p.add_argument("--short-side", type=int)
+    p.add_argument("--crop", type=int)
+    p.add_argument("--stride", type=int)
+    p.add_argument("--logit-scale", type=float)
+    p.add_argument("--precision", choices=PRECISIONS)
+    p.add_argument("--pamr", action=_BOOL, help="refine logits with PAMR")
+    p.add_argument("--pamr-iterations", type=int)
+    p.add_argument("--pamr-dilations", type=int, nargs="+")
+    p.add_argument(
+        "--name-chunk", type=int, help="names held at once (memory for large vocabularies)"
+    )
+
+
+def inference_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The inference flags given, shaped like the ``--config`` document's ``inference``."""
+    return {k: getattr(args, k) for k in INFERENCE_FLAGS if getattr(args, k) is not None}
+
+
 def overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Flags given on the command line, shaped like the ``--config`` document (``None``: not
     given)."""
     values: dict[str, Any] = {k: getattr(args, k) for k in RUN_FLAGS}
     values["method"] = args.method
-    values["inference"] = {
-        k: getattr(args, k) for k in INFERENCE_FLAGS if getattr(args, k) is not None
-    }
+    values["inference"] = inference_overrides(args)
     return values

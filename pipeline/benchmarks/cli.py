@@ -7,20 +7,11 @@ import argparse
 from typing import Any
 
 from gclip import METHODS
-from gclip.config import PRECISIONS
 from pipeline.benchmarks.presets import DATASETS, PROTOCOLS, default_protocol
 from pipeline.benchmarks.runner import BenchmarkSpec
+from pipeline.cli import add_inference_flags, inference_overrides
 
 _RUN_FLAGS = ("model", "pretrained", "threshold", "num_workers", "shard_size", "device", "address")
-_INFERENCE_FLAGS = (
-    "short_side",
-    "crop",
-    "stride",
-    "logit_scale",
-    "batch_size",
-    "precision",
-    "pamr",
-)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,13 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", help="as jobs.label (default ViT-B-16-quickgelu)")
     p.add_argument("--pretrained", help="as jobs.label (default openai)")
     p.add_argument("--threshold", type=float, help="prob_thd over the preset's")
-    p.add_argument("--short-side", type=int)
-    p.add_argument("--crop", type=int)
-    p.add_argument("--stride", type=int)
-    p.add_argument("--logit-scale", type=float)
-    p.add_argument("--pamr", action=argparse.BooleanOptionalAction, help="off in every preset")
-    p.add_argument("--batch-size", type=int, help="windows per forward pass")
-    p.add_argument("--precision", choices=PRECISIONS)
+    add_inference_flags(p)  # the labelling job's; --pamr is off in every preset
     p.add_argument("--num-workers", type=int)
     p.add_argument("--shard-size", type=int)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
@@ -64,8 +49,6 @@ def spec(args: argparse.Namespace) -> BenchmarkSpec:
     """The benchmark the flags ask for; unset flags leave the preset's values."""
     overrides: dict[str, Any] = {k: getattr(args, k) for k in _RUN_FLAGS}
     overrides["method"] = args.method
-    overrides["inference"] = {
-        k: getattr(args, k) for k in _INFERENCE_FLAGS if getattr(args, k) is not None
-    }
+    overrides["inference"] = inference_overrides(args)
     protocol = args.protocol or default_protocol(args.method)
     return BenchmarkSpec(args.dataset, args.root, args.output, protocol, args.limit, overrides)
