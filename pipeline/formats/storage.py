@@ -163,17 +163,7 @@ def read_bytes(uri: str, backoff: Backoff | None = None, timeout_s: float | None
         FileNotFoundError: no such file (for http(s): a 404 or 410 answer).
         OSError: any other read error, after retries if it was transient.
     """
-    if urllib.parse.urlsplit(uri).scheme.lower() in HTTP_SCHEMES:
-        timeout = HTTP_TIMEOUT_S if timeout_s is None else timeout_s
-        return retrying(lambda: _read_http(uri, timeout), uri, backoff)
-
-    def read() -> bytes:
-        fs, path = resolve(uri)
-        with fs.open_input_stream(path) as stream:
-            data: bytes = stream.read()
-        return data
-
-    return retrying(read, uri, backoff)
+    return _read(uri, None, backoff, HTTP_TIMEOUT_S if timeout_s is None else timeout_s)
 
 
 def read_head(uri: str, size: int, backoff: Backoff | None = None) -> bytes:
@@ -182,13 +172,22 @@ def read_head(uri: str, size: int, backoff: Backoff | None = None) -> bytes:
     One ranged read on object stores and http(s) (a server that ignores ``Range`` is cut
     off after ``size`` bytes), so headers of large files cost one small request.
     """
+    return _read(uri, size, backoff, HTTP_TIMEOUT_S)
+
+
+def _read(uri: str, size: int | None, backoff: Backoff | None, timeout_s: float) -> bytes:
+    """The file's bytes (its first ``size`` if given), transient errors retried."""
     if urllib.parse.urlsplit(uri).scheme.lower() in HTTP_SCHEMES:
-        return retrying(lambda: _read_http(uri, HTTP_TIMEOUT_S, size), uri, backoff)
+        return retrying(lambda: _read_http(uri, timeout_s, size), uri, backoff)
 
     def read() -> bytes:
         fs, path = resolve(uri)
-        with fs.open_input_file(path) as handle:
-            data: bytes = handle.read(size)
+        if size is None:  # a stream: no seeks, no size request first
+            with fs.open_input_stream(path) as stream:
+                data: bytes = stream.read()
+        else:
+            with fs.open_input_file(path) as handle:
+                data = handle.read(size)
         return data
 
     return retrying(read, uri, backoff)
