@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 MIN_AREA = 64  # pixels: an 8 x 8 patch; smaller components are noise, not objects
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
@@ -49,6 +48,10 @@ def instances(mask_hw: np.ndarray, min_area: int = MIN_AREA) -> Iterator[Instanc
         Disjoint components in raster order of their first pixel (deterministic); their union
         is ``mask_hw`` less the dropped ones.
     """
+    # scipy loads here, not with the module: host workers of runs without instances (most)
+    # are spared its import (0.2 s a process).
+    from scipy import ndimage
+
     components_hw, count = ndimage.label(mask_hw, structure=_EIGHT_CONNECTED)  # H x W int32
     areas = np.bincount(components_hw.ravel(), minlength=count + 1)  # count + 1, [0]: outside
     for number, box_yx in enumerate(ndimage.find_objects(components_hw), start=1):
