@@ -81,22 +81,20 @@ def encode_annotations(
     """
     annotations, regions = [], []
     _, unlabelled = vocabulary.label_format
-    for index in np.unique(labels_hw):
-        if index == unlabelled:
-            continue
+    # One pass counts every class's pixels (and finds those present, in index order).
+    pixels = np.bincount(labels_hw.ravel(), minlength=unlabelled + 1)  # per label value
+    for index in np.flatnonzero(pixels[:unlabelled]):
         category = vocabulary.classes[int(index)]
         mask_hw = labels_hw == index
-        regions.append(
-            ClassRegion(category.id, int(mask_hw.sum()), float(confidence_hw[mask_hw].mean()))
-        )
+        score = float(confidence_hw[mask_hw].mean())
+        regions.append(ClassRegion(category.id, int(pixels[index]), score))
         if min_instance_area is None or not category.is_thing:
-            score = regions[-1].mean_confidence
             annotations.append(_annotation(mask_hw.astype(np.uint8), score, category.id, image_id))
             continue
         for instance in instances(mask_hw, min_instance_area):
-            score = float(confidence_hw[instance.box_yx][instance.mask_box].mean())
+            own_score = float(confidence_hw[instance.box_yx][instance.mask_box].mean())
             full_hw = instance.mask(mask_hw.shape, order="F")
-            annotations.append(_annotation(full_hw, score, category.id, image_id))
+            annotations.append(_annotation(full_hw, own_score, category.id, image_id))
     return EncodedImage(annotations, regions)
 
 
