@@ -30,8 +30,8 @@ from PIL import Image
 from gclip import Segmentation
 from gclip.demo_world import generate_scene
 from pipeline import RayBackend, RunConfig, run_labelling
+from pipeline.formats.ledger import Ledger
 from pipeline.formats.storage import Storage
-from pipeline.running.ledger import Ledger
 
 SIZE_HW = (375, 500)
 
@@ -109,7 +109,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         make_images(folder, args.images)
-        config = RunConfig(
+        config = RunConfig.from_settings(
             manifest=str(folder / "manifest.parquet"),
             vocabulary=str(folder / "vocabulary.txt"),
             output=str(folder / "out"),

@@ -28,6 +28,7 @@ from feed_speed import make_images
 
 import gclip
 from pipeline import RayBackend, load_run_config, run_labelling
+from pipeline.formats.checkpoints import shipped_settings
 
 PROTOCOL = {"short_side": 336, "crop": 224, "stride": 112}
 
@@ -62,7 +63,7 @@ def end_to_end(args: argparse.Namespace, folder: Path) -> float:
         "merge_limit": 0,
     }
     start = time.perf_counter()
-    summary = run_labelling(load_run_config(values, {}), RayBackend())
+    summary = run_labelling(load_run_config(values, {}, shipped_settings), RayBackend())
     assert summary.ok, summary
     return summary.images_labelled / (time.perf_counter() - start)
 

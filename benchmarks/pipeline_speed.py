@@ -25,6 +25,7 @@ from PIL import Image
 import gclip
 from gclip.demo_world import generate_scene, vocabulary_text
 from pipeline import load_run_config, run_labelling
+from pipeline.formats.checkpoints import shipped_settings
 
 sys.path.insert(0, str(Path(__file__).parent))
 from feed_speed import TimedBackend
@@ -65,15 +66,17 @@ def main() -> None:
             "shard_size": args.shard_size,
             "num_workers": 1,
         }
-        config = load_run_config(values, {})
+        config = load_run_config(values, {}, shipped_settings)
         # Bare segmenter: the same model, settings and call size as the worker uses.
-        segmenter = gclip.load_segmenter(args.model, args.pretrained, config.method)
+        segmenter = gclip.load_segmenter(args.model, args.pretrained, config.labelling.method)
         vocabulary = gclip.parse_text(vocabulary_text())
-        settings = config.inference
+        settings = config.labelling.inference
         segmenter.segment(arrays[:2], vocabulary, settings)  # warm-up
         start = time.perf_counter()
-        for i in range(0, len(arrays), config.images_per_call):
-            segmenter.segment(arrays[i : i + config.images_per_call], vocabulary, settings)
+        for i in range(0, len(arrays), config.execution.images_per_call):
+            segmenter.segment(
+                arrays[i : i + config.execution.images_per_call], vocabulary, settings
+            )
         bare_s = time.perf_counter() - start
 
         start = time.perf_counter()

@@ -86,10 +86,10 @@ def plan_case(rows: int, workdir: Path) -> None:
 def resume_case(shards: int, workdir: Path) -> None:
     """A run with ``shards`` finished shards (and two pending) on S3; time the resume."""
     from pipeline.formats.layout import shard_path
+    from pipeline.formats.ledger import Ledger, ShardEntry, ShardState
     from pipeline.formats.storage import Storage
     from pipeline.planning.manifest import open_manifest
     from pipeline.planning.plan import plan_shards
-    from pipeline.running.ledger import DONE, Ledger, ShardEntry
     from pipeline.running.resume import plan_with_previous
 
     with moto_server() as endpoint:
@@ -127,7 +127,7 @@ def resume_case(shards: int, workdir: Path) -> None:
                 s.count,
                 s.first_id,
                 s.digest,
-                state=DONE,
+                state=ShardState.DONE,
                 attempts=1,
                 images_done=size,
             )
@@ -152,7 +152,7 @@ def resume_case(shards: int, workdir: Path) -> None:
         planned = time.perf_counter() - start
         Ledger(storage).compact(entries)  # what execute() persists before the first dispatch
         total = time.perf_counter() - start
-        done = sum(e.state == DONE for e in entries.values())
+        done = sum(e.state == ShardState.DONE for e in entries.values())
         print(
             f"resume with {done:,} finished shards on S3 (moto): planned and reconciled in "
             f"{planned:.1f} s, ledger persisted, first dispatch possible after {total:.1f} s "

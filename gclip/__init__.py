@@ -9,8 +9,9 @@ Typical use::
     result.labels_hw, result.confidence_hw
 
 Configs, vocabularies and the model catalog import without torch (a driver validates a run
-with them); the model side (``Segmenter``, ``load_segmenter``, ``load_model``) imports torch
-on first use.
+with them: ``model_depth``, ``check_weights`` and ``describe_weights`` answer before any model
+is built; only checking an open_clip pretrained tag imports open_clip, hence torch); the model
+side (``Segmenter``, ``load_segmenter``, ``load_model``) imports torch on first use.
 """
 
 from __future__ import annotations
@@ -18,8 +19,24 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from gclip.catalog import DEMO_MODEL
-from gclip.config import METHODS, InferenceConfig, MethodConfig, ShippedSettings
+from gclip.catalog import (
+    DEMO_MODEL,
+    WeightsCheck,
+    WeightsSource,
+    WeightsUnavailableError,
+    check_weights,
+    describe_weights,
+    model_depth,
+)
+from gclip.config import (
+    METHOD_SPECS,
+    METHODS,
+    InferenceConfig,
+    MethodConfig,
+    MethodSpec,
+    ShippedSettings,
+    method_spec,
+)
 from gclip.vocabulary import (
     UNLABELLED,
     Vocabulary,
@@ -31,13 +48,12 @@ from gclip.vocabulary import (
 )
 
 if TYPE_CHECKING:
-    from gclip.loading import CheckpointError, LoadedModel, WeightsUnavailableError, load_model
+    from gclip.loading import CheckpointError, LoadedModel, load_model
     from gclip.segmenter import Segmentation, Segmenter, load_segmenter
 
 _LAZY = {
     "CheckpointError": "gclip.loading",
     "LoadedModel": "gclip.loading",
-    "WeightsUnavailableError": "gclip.loading",
     "load_model": "gclip.loading",
     "Segmentation": "gclip.segmenter",
     "Segmenter": "gclip.segmenter",
@@ -54,21 +70,29 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "DEMO_MODEL",
     "METHODS",
+    "METHOD_SPECS",
     "UNLABELLED",
     "CheckpointError",
     "InferenceConfig",
     "LoadedModel",
     "MethodConfig",
+    "MethodSpec",
     "Segmentation",
     "Segmenter",
     "ShippedSettings",
     "Vocabulary",
     "VocabularyClass",
     "VocabularyError",
+    "WeightsCheck",
+    "WeightsSource",
     "WeightsUnavailableError",
+    "check_weights",
+    "describe_weights",
     "load_model",
     "load_segmenter",
     "load_vocabulary",
+    "method_spec",
+    "model_depth",
     "parse_json",
     "parse_text",
 ]

@@ -1,9 +1,9 @@
 """Sliding-window inference batched across images, stitching, and probabilities.
 
 Frames: an *original* image is ``H0 x W0``; it is resized so its short side is
-``InferenceConfig.short_side`` into the *resized* frame ``h x w``, where windows live
-(``y0, x0`` top-left, rows first). Logits are stitched in the resized frame and upsampled to
-the original frame at the end.
+``InferenceConfig.short_side`` (its long side at most ``max_long_side``) into the *resized*
+frame ``h x w``, where windows live (``y0, x0`` top-left, rows first). Logits are stitched in
+the resized frame and upsampled to the original frame at the end.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ from gclip.vocabulary import UNLABELLED
 # Upsampling to the original frame proceeds in row bands of at most this many elements, so a
 # 4000 x 3000 image with 300 names needs a few hundred MB rather than several GB.
 _BAND_ELEMENTS = 1 << 25
+# A large image is resized on the CPU in bands of at most this many input elements, so its
+# float copy is never whole: an 81 Mpx photo would otherwise take 1 GB of float32 at once.
+_RESIZE_BAND_ELEMENTS = 1 << 23
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,12 +38,72 @@ class Window:
     w: int
 
 
-def resized_size(h0: int, w0: int, short_side: int | None) -> tuple[int, int]:
-    """``(h, w)`` with the short side scaled to ``short_side`` (aspect kept, at least 1 px)."""
-    if short_side is None:
-        return h0, w0
-    scale = short_side / min(h0, w0)
-    return max(1, round(h0 * scale)), max(1, round(w0 * scale))
+def resized_size(
+    h0: int, w0: int, short_side: int | None, max_long_side: int | None = None
+) -> tuple[int, int]:
+    """The resized frame of an ``h0 x w0`` image (aspect kept, at least 1 px a side).
+
+    Args:
+        h0, w0: the original frame.
+        short_side: the short side's length after resizing; ``None`` keeps the size.
+        max_long_side: if the long side would then be longer, it gets exactly this length
+            instead and the short side follows (mmcv's keep-ratio resize to ``(max_long_side,
+            short_side)``); ``None``: no cap. Sizes whose long side is within the cap are
+            those of ``short_side`` alone.
+
+    Returns:
+        ``(h, w)``.
+    """
+    h, w = h0, w0
+    if short_side is not None:
+        scale = short_side / min(h0, w0)
+        h, w = max(1, round(h0 * scale)), max(1, round(w0 * scale))
+    if max_long_side is None or max(h, w) <= max_long_side:
+        return h, w
+    if h0 >= w0:  # the long side is set exactly, not through a rounded scale
+        return max_long_side, max(1, round(w0 * max_long_side / h0))
+    return max(1, round(h0 * max_long_side / w0)), max_long_side
+
+
+def resize_image(chw: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
+    """An image as float in [0, 1], resized (bilinear, antialiased) to ``size_hw``.
+
+    A large image on the CPU is resized in two passes, its columns band of rows by band of
+    rows, then its rows: the same numbers as one ``F.interpolate`` call (which makes the same
+    two passes, as a test checks to the bit), without a float copy of the whole original.
+
+    Args:
+        chw: ``3 x H0 x W0`` uint8, or float in [0, 1].
+        size_hw: the resized frame ``(h, w)`` (see :func:`resized_size`).
+
+    Returns:
+        ``3 x h x w`` float32 in [0, 1], on ``chw``'s device.
+    """
+    h0, w0 = int(chw.shape[1]), int(chw.shape[2])
+    if (h0, w0) == tuple(size_hw):
+        return _unit_float(chw)  # 3 x H0 x W0
+    if chw.device.type != "cpu" or chw.numel() <= _RESIZE_BAND_ELEMENTS:
+        return _resize(_unit_float(chw), size_hw)  # 3 x h x w
+    h, w = size_hw
+    band = max(1, _RESIZE_BAND_ELEMENTS // (3 * w0))
+    columns = torch.cat(
+        [
+            _resize(_unit_float(chw[:, top : top + band]), (min(band, h0 - top), w))
+            for top in range(0, h0, band)
+        ],
+        dim=1,
+    )  # 3 x H0 x w
+    return _resize(columns, (h, w))  # 3 x h x w
+
+
+def _unit_float(chw: torch.Tensor) -> torch.Tensor:
+    return chw.float() / 255.0 if chw.dtype == torch.uint8 else chw.float()  # 3 x H x W
+
+
+def _resize(chw: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(
+        chw[None], size=size_hw, mode="bilinear", align_corners=False, antialias=True
+    )[0]  # 3 x h x w
 
 
 def window_starts(length: int, crop: int, stride: int) -> list[tuple[int, int]]:
@@ -265,6 +328,8 @@ class LabelAccumulator:
     probability under the softmax over *all* names: a running maximum and a running
     log-sum-exp make the result the same for any split of the names, so memory is bounded by
     the chunk, not the vocabulary. Logits are upsampled to the original frame in row bands.
+    The running maps are two ``H0 x W0`` float32 and one ``H0 x W0`` label map, and
+    :meth:`result` turns them into the result in place (9 bytes a pixel for uint8 labels).
 
     Args:
         size_hw: the original frame ``(H0, W0)``.
@@ -289,14 +354,16 @@ class LabelAccumulator:
         self._min_prob = torch.tensor([-1.0 if t is None else t for t in thresholds], device=device)
         self._unlabelled, self._dtype = unlabelled, dtype
         self._best = torch.full(size_hw, -torch.inf, device=device)  # H0 x W0 scaled logit
-        self._label = torch.zeros(size_hw, dtype=torch.int64, device=device)  # H0 x W0 class
+        self._label = torch.zeros(size_hw, dtype=dtype, device=device)  # H0 x W0 class
         self._lse = torch.full(size_hw, -torch.inf, device=device)  # H0 x W0 log-sum-exp
+        self._done = False
 
     def update(self, logits: torch.Tensor, name_to_class: torch.Tensor) -> None:
         """Fold in ``N x h x w`` logits (resized frame) of names of classes ``name_to_class``."""
+        assert not self._done, "result() has consumed this accumulator"
         h0, w0 = self._size_hw
         band = max(1, _BAND_ELEMENTS // max(1, logits.shape[0] * w0))
-        classes = name_to_class.to(logits.device)  # N
+        classes = name_to_class.to(logits.device, self._dtype)  # N
         for top in range(0, h0, band):
             bottom = min(top + band, h0)
             scaled = self._scale * upsample_rows(logits, (h0, w0), top, bottom)  # N x b x W0
@@ -309,11 +376,21 @@ class LabelAccumulator:
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``H0 x W0`` labels (class index, or ``unlabelled`` below its threshold) and
-        ``H0 x W0`` float32 confidence (probability of the chosen class's best name)."""
-        confidence = torch.exp(self._best - self._lse)  # H0 x W0
-        keep = confidence >= self._min_prob[self._label]
-        labels = torch.where(keep, self._label, self._unlabelled).to(self._dtype)
-        return labels, confidence
+        ``H0 x W0`` float32 confidence (probability of the chosen class's best name).
+
+        Call once: the running maps become the result, so no map is copied.
+        """
+        assert not self._done, "result() has consumed this accumulator"
+        self._done = True
+        confidence = self._best.sub_(self._lse).exp_()  # H0 x W0, in place: exp(best - lse)
+        self._lse = torch.empty(0)
+        h0, w0 = self._size_hw
+        band = max(1, _BAND_ELEMENTS // max(1, w0))
+        for top in range(0, h0, band):  # bands: the int64 index of a full map is 8 B a pixel
+            label = self._label[top : top + band]  # b x W0
+            keep = confidence[top : top + band] >= self._min_prob[label.long()]  # b x W0
+            label.masked_fill_(~keep, self._unlabelled)
+        return self._label, confidence
 
 
 def labels_from_logits(

@@ -11,29 +11,32 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import socket
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import open_clip
 import torch
 from torch import nn
 
-from gclip.catalog import HF_HUB, LOCAL_DIR, check_source, is_random, is_remote, local_dir
+from gclip.catalog import (
+    HF_HUB,
+    LOCAL_DIR,
+    WEIGHT_FILES,
+    WeightsSource,
+    WeightsUnavailableError,
+    check_weights,
+    download_command,
+    local_dir,
+    tag_config,
+    unavailable_message,
+)
 from gclip.config import ShippedSettings, read_shipped
 
 log = logging.getLogger(__name__)
 
-_HF_SAFE_NAME = "open_clip_model.safetensors"
-_HF_DEFAULT_NAME = "open_clip_pytorch_model.bin"
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights cannot be found locally nor downloaded; the message says what to do."""
+__all__ = ["CheckpointError", "LoadedModel", "WeightsUnavailableError", "load_model"]
 
 
 class CheckpointError(ValueError):
@@ -83,47 +86,32 @@ def load_model(
         connect_timeout: seconds to wait for the hub before declaring it unreachable.
 
     Raises:
-        WeightsUnavailableError: a tag is neither cached nor downloadable.
+        WeightsUnavailableError: a tag is neither cached nor downloadable
+            (:func:`gclip.catalog.check_weights`, which a driver can ask first).
         CheckpointError: a checkpoint file exists but does not load.
         ValueError: unknown model name, tag, or missing checkpoint file.
     """
-    check_source(name, pretrained)
-    remote_dir = name.startswith(LOCAL_DIR) and is_remote(name.removeprefix(LOCAL_DIR))
-    if remote_dir or (pretrained is not None and is_remote(pretrained)):
+    check = check_weights(name, pretrained, connect_timeout, cache_dir)
+    if check.source is WeightsSource.REMOTE:
         raise ValueError(
             f"{name} / {pretrained}: gclip loads weights from local files; fetch remote ones "
             "first (pipeline.formats.checkpoints.localize does, once per node)."
         )
     folder = local_dir(name)
     if folder is not None:
-        return _load_local_dir(folder, name, device)
+        assert check.file is not None, "check_weights finds a folder's weights file"
+        return _load_local_dir(folder, check.file, name, device)
     if name.startswith(HF_HUB):
-        # Offline (HF_HUB_OFFLINE=1) the hub client reads its cache and fails at once if the
-        # model is not there; online, an unreachable hub is detected before its retries.
-        if not hub_offline():
-            _require_reachable(
-                os.environ.get("HF_ENDPOINT", "https://huggingface.co"), connect_timeout, name
-            )
-        try:
-            model = open_clip.create_model(name, device=device, cache_dir=cache_dir)
-        except Exception as err:
-            raise WeightsUnavailableError(
-                _offline_message(name, None, f"loading failed ({err})")
-            ) from err
-        return LoadedModel(
-            model.eval(), open_clip.get_tokenizer(name, cache_dir=cache_dir), name, name
-        )
-
-    checkpoint, quick_gelu, source = _resolve_weights(name, pretrained, cache_dir, connect_timeout)
-    if checkpoint is None:
-        seed = random_weights_seed(name)
-        # Seeded from the name alone, so every worker, retry and run builds the same model.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = open_clip.create_model(name, device="cpu")
-        return LoadedModel(
-            model.to(device).eval(), open_clip.get_tokenizer(name), name, source, seed=seed
-        )
+        return _load_hub_model(name, device, cache_dir)
+    if check.source is WeightsSource.RANDOM:
+        return _load_random(name, pretrained, device)
+    quick_gelu = False
+    if check.source is not WeightsSource.FILE:
+        assert pretrained is not None, "a tag was checked"
+        tag = tag_config(name, pretrained)
+        # OpenAI weights were trained with QuickGELU; plain ViT-B-16 would silently use GELU.
+        quick_gelu = bool(tag.get("quick_gelu", False))
+    checkpoint = str(check.file) if check.file else _download(name, pretrained, cache_dir)
     try:
         model = open_clip.create_model(
             name,
@@ -138,6 +126,7 @@ def load_model(
             f"Cannot load checkpoint {checkpoint} into {name}: {type(err).__name__}: {err}. "
             "The file may be truncated, corrupt, or the weights of another model."
         ) from err
+    source = checkpoint if check.source is WeightsSource.FILE else str(pretrained)
     return LoadedModel(
         model.eval(), open_clip.get_tokenizer(name), name, source, weights_file=checkpoint
     )
@@ -148,119 +137,63 @@ def random_weights_seed(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big")
 
 
-def _resolve_weights(
-    name: str, pretrained: str | None, cache_dir: str | None, timeout: float
-) -> tuple[str | None, bool, str]:
-    """Return ``(checkpoint path or None, force QuickGELU, source label)``."""
-    if pretrained is None or is_random(pretrained):  # (None spelled out for the type checker)
-        message = (
-            f"Building {name} with RANDOM weights (pretrained={pretrained!r}, seeded from the "
-            "model name): its labels are meaningless. Pass an open_clip tag or a checkpoint path "
-            "for real labels."
-        )
-        log.warning(message)
-        warnings.warn(message, stacklevel=3)
-        return None, False, "none"
-    path = Path(pretrained.removeprefix("file://")).expanduser()
-    if path.is_file():
-        return str(path), False, str(path)
-    tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
-    if not tag_cfg:
-        tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
-        raise ValueError(
-            f"{pretrained!r} is neither a checkpoint file nor an open_clip tag of {name}. "
-            f"Tags for {name}: {tags}."
-        )
-    # OpenAI weights were trained with QuickGELU; plain ViT-B-16 would silently use GELU.
-    quick_gelu = bool(tag_cfg.get("quick_gelu", False))
-    cached = _cached_checkpoint(tag_cfg, cache_dir)
-    if cached is not None:
-        return cached, quick_gelu, pretrained
-    hub = _download_host(tag_cfg)
-    _require_reachable(hub, timeout, f"weights {name}/{pretrained}")
-    try:
-        downloaded = open_clip.download_pretrained(tag_cfg, cache_dir=cache_dir)
-    except Exception as err:
-        raise WeightsUnavailableError(
-            _offline_message(name, pretrained, f"download failed: {err}")
-        ) from err
-    return downloaded, quick_gelu, pretrained
-
-
-def _cached_checkpoint(tag_cfg: dict[str, Any], cache_dir: str | None) -> str | None:
-    """Path of the tag's weights in the local cache, or ``None``."""
-    if tag_cfg.get("file"):
-        return str(tag_cfg["file"])
-    hf_hub = tag_cfg.get("hf_hub", "")
-    if hf_hub:
-        from huggingface_hub import try_to_load_from_cache
-
-        repo_id, filename = os.path.split(hf_hub)
-        candidates = [_HF_SAFE_NAME, _HF_DEFAULT_NAME] if not filename else [filename]
-        for candidate in candidates:
-            found = try_to_load_from_cache(repo_id, candidate, cache_dir=cache_dir)
-            if isinstance(found, str):
-                return found
-        return None
-    url = tag_cfg.get("url", "")
-    if url:
-        target = Path(cache_dir or Path.home() / ".cache" / "clip") / os.path.basename(url)
-        return str(target) if target.is_file() else None
-    return None
-
-
-def _download_host(tag_cfg: dict[str, Any]) -> str:
-    if tag_cfg.get("hf_hub"):
-        return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    return str(tag_cfg.get("url", "https://huggingface.co"))
-
-
-def hub_offline() -> bool:
-    """Whether the environment declares the model hub off limits (``HF_HUB_OFFLINE=1``)."""
-    return any(
-        os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
-        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+def _load_random(name: str, pretrained: str | None, device: str | torch.device) -> LoadedModel:
+    message = (
+        f"Building {name} with RANDOM weights (pretrained={pretrained!r}, seeded from the "
+        "model name): its labels are meaningless. Pass an open_clip tag or a checkpoint path "
+        "for real labels."
+    )
+    log.warning(message)
+    warnings.warn(message, stacklevel=3)
+    seed = random_weights_seed(name)
+    # Seeded from the name alone, so every worker, retry and run builds the same model.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = open_clip.create_model(name, device="cpu")
+    return LoadedModel(
+        model.to(device).eval(), open_clip.get_tokenizer(name), name, "none", seed=seed
     )
 
 
-def _require_reachable(url: str, timeout: float, what: str) -> None:
-    if hub_offline():
-        raise WeightsUnavailableError(_offline_message(what, None, "HF_HUB_OFFLINE is set"))
-    parsed = urlparse(url)
-    host, port = parsed.hostname or url, parsed.port or (80 if parsed.scheme == "http" else 443)
+def _download(name: str, pretrained: str | None, cache_dir: str | None) -> str:
+    """Download a tag's weights (its hub answered :func:`check_weights`); their path."""
+    assert pretrained is not None, "only tags are downloaded"
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return
-    except OSError as err:
+        return str(open_clip.download_pretrained(tag_config(name, pretrained), cache_dir=cache_dir))
+    except Exception as err:
         raise WeightsUnavailableError(
-            _offline_message(
-                what, None, f"{host}:{port} unreachable within {timeout:.0f} s ({err})"
+            unavailable_message(
+                f"the weights {name} / {pretrained}",
+                f"the download failed ({type(err).__name__}: {err})",
+                f"--model {name} --pretrained /path/to/{WEIGHT_FILES[0]}",
+                download_command(name, pretrained),
             )
         ) from err
 
 
-def _offline_message(name: str, tag: str | None, why: str) -> str:
-    what = f"{name}/{tag}" if tag else name
-    return (
-        f"Cannot get pretrained {what}: not in the local cache and {why}. Download the checkpoint "
-        "on a machine with network access (open_clip caches it under ~/.cache/huggingface), copy "
-        "it here and pass its path: --pretrained /path/to/open_clip_pytorch_model.bin "
-        "(load_model(name, pretrained='/path/...')). For OpenAI weights use a '-quickgelu' "
-        "model name with a local file. If the weights are in the Hugging Face cache, set "
-        "HF_HUB_OFFLINE=1 to use it. To try the tool without weights use --model demo."
-    )
-
-
-def _load_local_dir(folder: Path, name: str, device: str | torch.device) -> LoadedModel:
-    """A model saved as open_clip's local-dir layout (config checked by ``check_source``),
-    plus our optional ``gclip.json``."""
-    found = [folder / f for f in (_HF_SAFE_NAME, _HF_DEFAULT_NAME) if (folder / f).is_file()]
-    if not found:
+def _load_hub_model(name: str, device: str | torch.device, cache_dir: str | None) -> LoadedModel:
+    """An ``hf-hub:`` model, which open_clip fetches (or, offline, reads from the cache)."""
+    try:
+        model = open_clip.create_model(name, device=device, cache_dir=cache_dir)
+    except Exception as err:
         raise WeightsUnavailableError(
-            f"{folder} has a config but no {_HF_SAFE_NAME} or {_HF_DEFAULT_NAME}; "
-            "refusing to fall back to random weights."
-        )
-    spec, weights = f"{LOCAL_DIR}{folder}", found[0]
+            unavailable_message(
+                name,
+                f"loading failed ({type(err).__name__}: {err})",
+                f"--model local-dir:/path/to/a/copy/of/{name.removeprefix(HF_HUB)}",
+                download_command(name),
+                name.removeprefix(HF_HUB),
+            )
+        ) from err
+    return LoadedModel(model.eval(), open_clip.get_tokenizer(name, cache_dir=cache_dir), name, name)
+
+
+def _load_local_dir(
+    folder: Path, weights: Path, name: str, device: str | torch.device
+) -> LoadedModel:
+    """A model saved as open_clip's local-dir layout (checked by ``check_weights``), plus our
+    optional ``gclip.json``."""
+    spec = f"{LOCAL_DIR}{folder}"
     try:
         model = open_clip.create_model(spec, device=device, weights_only=True)
     except Exception as err:

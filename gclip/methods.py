@@ -8,14 +8,15 @@ model is trained through them); caching lives in :mod:`gclip.segmenter`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import torch
 import torch.nn.functional as F
 
 from gclip.backbone import VisionBackbone
-from gclip.config import MethodConfig
+from gclip.config import METHODS, MethodConfig
 
 log = logging.getLogger(__name__)
 
@@ -127,30 +128,115 @@ def _last_block(
     recorded: Sequence[torch.Tensor],
     grid_hw: tuple[int, int],
 ) -> torch.Tensor:
-    last = backbone.depth - 1
-    if config.name == "clip":
-        return backbone.run_block(last, x)  # B x L x D
-    q, k, v = backbone.qkv(last, x)  # B x H x L x d
-    scale = backbone.attention_scale
-    # The peers' attention is a softmax of logits times v: PyTorch's fused attention computes
-    # it without materialising L x L maps. GCLIP's fused maps must exist, so it builds them.
-    attend = F.scaled_dot_product_attention
-    if config.name == "maskclip":
-        return backbone.attention_output(last, v)  # B x L x D
-    if config.name == "clearclip":
-        out = attend(q, q, v, scale=scale)  # B x H x L x d: softmax(s q q^T) v
-    elif config.name == "sclip":
-        # softmax(s q q^T) v + softmax(s k k^T) v: the attention's rows sum to 2
-        out = attend(q, q, v, scale=scale) + attend(k, k, v, scale=scale)  # B x H x L x d
-        # SCLIP's official code keeps the last block's residual and FFN.
-        return backbone.finish_block(last, x, backbone.attention_output(last, out))
-    elif config.name == "naclip":
-        omega = neighbourhood_bias(grid_hw, config.naclip_sigma, q.device, q.dtype)  # L x L
-        out = attend(k, k, v, attn_mask=omega, scale=scale)  # softmax(s k k^T + omega) v
-    else:  # gclip
-        attn = fused_attention(scale * q @ q.transpose(-2, -1), recorded, config.head_average)
-        out = attn @ v  # B x (1|H) x L x L @ B x H x L x d -> B x H x L x d
-    return backbone.attention_output(last, out)  # B x L x D
+    attn_out = LAST_BLOCKS[config.name](backbone, config, x, recorded, grid_hw)  # B x L x D
+    if config.spec.keeps_residual:
+        return backbone.finish_block(backbone.depth - 1, x, attn_out)  # B x L x D
+    return attn_out
+
+
+# The peers' attention is a softmax of logits times v: PyTorch's fused attention computes it
+# without materialising L x L maps. GCLIP's fused maps must exist, so it builds them.
+def _clip_attention(
+    backbone: VisionBackbone,
+    config: MethodConfig,
+    x: torch.Tensor,
+    recorded: Sequence[torch.Tensor],
+    grid_hw: tuple[int, int],
+) -> torch.Tensor:
+    return backbone.native_attention(backbone.depth - 1, x)  # B x L x D
+
+
+def _maskclip_attention(
+    backbone: VisionBackbone,
+    config: MethodConfig,
+    x: torch.Tensor,
+    recorded: Sequence[torch.Tensor],
+    grid_hw: tuple[int, int],
+) -> torch.Tensor:
+    _, _, v = backbone.qkv(backbone.depth - 1, x)  # B x H x L x d
+    return backbone.attention_output(backbone.depth - 1, v)  # B x L x D: identity attention
+
+
+def _clearclip_attention(
+    backbone: VisionBackbone,
+    config: MethodConfig,
+    x: torch.Tensor,
+    recorded: Sequence[torch.Tensor],
+    grid_hw: tuple[int, int],
+) -> torch.Tensor:
+    q, _, v = backbone.qkv(backbone.depth - 1, x)  # B x H x L x d
+    # softmax(s q q^T) v
+    out = F.scaled_dot_product_attention(q, q, v, scale=backbone.attention_scale)  # B x H x L x d
+    return backbone.attention_output(backbone.depth - 1, out)  # B x L x D
+
+
+def _sclip_attention(
+    backbone: VisionBackbone,
+    config: MethodConfig,
+    x: torch.Tensor,
+    recorded: Sequence[torch.Tensor],
+    grid_hw: tuple[int, int],
+) -> torch.Tensor:
+    q, k, v = backbone.qkv(backbone.depth - 1, x)  # B x H x L x d
+    attend, scale = F.scaled_dot_product_attention, backbone.attention_scale
+    # softmax(s q q^T) v + softmax(s k k^T) v: the attention's rows sum to 2
+    out = attend(q, q, v, scale=scale) + attend(k, k, v, scale=scale)  # B x H x L x d
+    return backbone.attention_output(backbone.depth - 1, out)  # B x L x D
+
+
+def _naclip_attention(
+    backbone: VisionBackbone,
+    config: MethodConfig,
+    x: torch.Tensor,
+    recorded: Sequence[torch.Tensor],
+    grid_hw: tuple[int, int],
+) -> torch.Tensor:
+    q, k, v = backbone.qkv(backbone.depth - 1, x)  # B x H x L x d
+    omega = neighbourhood_bias(grid_hw, config.naclip_sigma, q.device, q.dtype)  # L x L
+    # softmax(s k k^T + omega) v
+    out = F.scaled_dot_product_attention(
+        k, k, v, attn_mask=omega, scale=backbone.attention_scale
+    )  # B x H x L x d
+    return backbone.attention_output(backbone.depth - 1, out)  # B x L x D
+
+
+def _gclip_attention(
+    backbone: VisionBackbone,
+    config: MethodConfig,
+    x: torch.Tensor,
+    recorded: Sequence[torch.Tensor],
+    grid_hw: tuple[int, int],
+) -> torch.Tensor:
+    q, _, v = backbone.qkv(backbone.depth - 1, x)  # B x H x L x d
+    qq_logits = backbone.attention_scale * q @ q.transpose(-2, -1)  # B x H x L x L
+    attn = fused_attention(qq_logits, recorded, config.head_average)  # B x (1|H) x L x L
+    out = attn @ v  # B x (1|H) x L x L @ B x H x L x d -> B x H x L x d
+    return backbone.attention_output(backbone.depth - 1, out)  # B x L x D
+
+
+LastBlockAttention = Callable[
+    [VisionBackbone, MethodConfig, torch.Tensor, Sequence[torch.Tensor], tuple[int, int]],
+    torch.Tensor,
+]
+
+# Each method's last-block attention, by name: ``B x L x D`` tokens entering the last block
+# -> ``B x L x D`` attention output (after ``out_proj``, before the residual that
+# ``MethodSpec.keeps_residual`` adds). Its keys are ``gclip.config.METHODS``, checked below.
+LAST_BLOCKS: Mapping[str, LastBlockAttention] = MappingProxyType(
+    {
+        "gclip": _gclip_attention,
+        "clearclip": _clearclip_attention,
+        "naclip": _naclip_attention,
+        "sclip": _sclip_attention,
+        "maskclip": _maskclip_attention,
+        "clip": _clip_attention,
+    }
+)
+if set(LAST_BLOCKS) != set(METHODS):
+    raise ImportError(
+        f"gclip.methods.LAST_BLOCKS covers {sorted(LAST_BLOCKS)} but gclip.config.METHOD_SPECS "
+        f"lists {sorted(METHODS)}: give every registered method its last-block function."
+    )
 
 
 def fused_attention(

@@ -101,7 +101,7 @@ class Segmenter:
         Args:
             model: an open_clip ``CLIP`` with a ViT vision tower.
             tokenizer: its tokenizer (``open_clip.get_tokenizer(name)``).
-            method: ``gclip``, ``clearclip``, ``naclip``, ``sclip``, ``maskclip`` or ``clip``.
+            method: one of :data:`gclip.METHODS`.
             templates: prompt templates; default the 80 OpenAI ImageNet templates.
             **options: :class:`gclip.MethodConfig` fields (``global_blocks``, ``head_average``,
                 ``cs_start_block``, ``cs_enabled``, ``naclip_sigma``, ...).
@@ -255,7 +255,9 @@ def load_segmenter(
     """Load a model and wrap it, under the settings its checkpoint ships.
 
     A checkpoint may ship GCLIP options (the demo model's global blocks), inference settings
-    (the scale it was trained at) and prompt templates; each applies unless given here.
+    (the scale it was trained at) and prompt templates; each applies unless given here, a
+    shipped method option only to a method that reads it
+    (:meth:`gclip.ShippedSettings.method_options_for`).
 
     Args:
         model: an open_clip name, ``demo``, ``local-dir:PATH``, ``hf-hub:ORG/REPO`` (see
@@ -275,8 +277,8 @@ def load_segmenter(
         if options:
             raise ValueError("Pass method options inside the MethodConfig, not beside it.")
         config = method
-    else:  # shipped options are GCLIP's (its global blocks for this depth); peers ignore them
-        layered = {**(shipped.method_options if method == "gclip" else {}), **options}
+    else:
+        layered = {**shipped.method_options_for(method), **options}
         config = build(MethodConfig, {"name": method, **layered})
     return Segmenter(
         loaded.model,

@@ -126,8 +126,25 @@ class Vocabulary:
         )
 
     def colors(self) -> list[tuple[int, int, int]]:
-        """Per-class RGB colours: the given ones, else a fixed palette."""
-        return [c.color or _palette(i) for i, c in enumerate(self.classes)]
+        """Per-class RGB colours, deterministic for a vocabulary.
+
+        A class's own ``color`` wins. Else a non-background class whose name holds exactly
+        one basic colour word (``"blue square"``) gets a shade of that colour, the n-th such
+        class of a colour the n-th shade; every other class keeps the fixed palette at its
+        index, so a ``blue`` class is never drawn magenta.
+        """
+        shades_used: dict[str, int] = {}
+        colors = []
+        for index, cls in enumerate(self.classes):
+            word = None if cls.is_background else _colour_word(cls.name)
+            if cls.color is not None:
+                colors.append(cls.color)
+            elif word is None:
+                colors.append(_palette(index))
+            else:
+                colors.append(_shade(word, shades_used.get(word, 0)))
+                shades_used[word] = shades_used.get(word, 0) + 1
+        return colors
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form (valid under ``vocabulary.schema.json``)."""
@@ -289,6 +306,54 @@ def _validate(vocabulary: Vocabulary) -> None:
     for value in (vocabulary.threshold, *(c.threshold for c in classes)):
         if value is not None and not 0.0 <= value <= 1.0:
             raise VocabularyError(f"Thresholds are probabilities in [0, 1]; got {value}.")
+
+
+def _colour_word(name: str) -> str | None:
+    """The one basic colour a class name names (``"Blue-square"`` -> ``"blue"``), else None:
+    no colour word, or two different ones (``"red and blue"``)."""
+    words = {_COLOUR_ALIASES.get(w, w) for w in re.findall(r"[a-z]+", name.lower())}
+    found = words & _COLOUR_BASES.keys()
+    return found.pop() if len(found) == 1 else None
+
+
+def _shade(word: str, n: int) -> tuple[int, int, int]:
+    """The ``n``-th shade of a basic colour: the base, then alternately darker and lighter,
+    each step closer to (never reaching) 70 % black or white so the hue stays readable."""
+    base = np.array(_COLOUR_BASES[word], np.float64)
+    if n == 0:
+        return _rgb(base)
+    # Black can only lighten and white only darken; the rest alternate, darker first.
+    if word in ("black", "white"):
+        darker, level = word == "white", n
+    else:
+        darker, level = n % 2 == 1, (n + 1) // 2
+    amount = 0.7 * (1 - 0.5**level)
+    target = np.zeros(3) if darker else np.full(3, 255.0)
+    return _rgb(base + amount * (target - base))
+
+
+def _rgb(values: np.ndarray) -> tuple[int, int, int]:
+    r, g, b = (round(float(v)) for v in values)
+    return r, g, b
+
+
+# Recognisable, mutually distinct base shades; the demo world's shape colours are near these.
+_COLOUR_BASES: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "orange": (245, 140, 20),
+    "yellow": (235, 205, 30),
+    "green": (40, 170, 60),
+    "cyan": (30, 200, 210),
+    "blue": (40, 80, 225),
+    "purple": (130, 50, 190),
+    "magenta": (220, 40, 200),
+    "pink": (245, 120, 175),
+    "brown": (140, 85, 40),
+    "black": (30, 30, 30),
+    "white": (240, 240, 240),
+    "gray": (128, 128, 128),
+}
+_COLOUR_ALIASES = {"grey": "gray", "violet": "purple"}
 
 
 def _palette(index: int) -> tuple[int, int, int]:

@@ -5,8 +5,10 @@
 
 Lists the split, labels it through the labelling job (Ray; label maps in OUTPUT/labels/),
 scores one confusion matrix over the split and writes OUTPUT/benchmark.json and .md, with
-the published numbers beside ours. Exit code: 0 when scored; 1 if labelling failed or
-crashed; 2 for bad input (dataset layout, settings).
+the published numbers beside ours. Scored as mmseg's IoUMetric scores (and ``jobs.evaluate``):
+an image with ground truth but no prediction (one the job failed on) is missed, its pixels
+counted as wrong. Exit code: 0 when scored; 1 if labelling failed or crashed; 2 for bad
+input (dataset layout, settings).
 """
 
 from __future__ import annotations
@@ -16,9 +18,8 @@ import sys
 import traceback
 
 from pipeline import InputError, RayBackend, SetupError
-from pipeline.benchmarks.cli import parse_args, spec
-from pipeline.benchmarks.runner import run_benchmark
-from pipeline.benchmarks.scoring import markdown
+from pipeline.reproduction.cli import parse_args, spec
+from pipeline.reproduction.runner import run_benchmark
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         print(f"error: the benchmark crashed; see {benchmark.output}/run.json", file=sys.stderr)
         return 1
-    print(markdown(result.record))
+    print(result.markdown)
     print(f"scores: {benchmark.output}/benchmark.json and benchmark.md")
     return 0 if result.labelling.ok else 1
 

@@ -2,27 +2,32 @@
 
     python -m jobs.evaluate --predictions OUTPUT --ground-truth GT [--values indices|ids]
 
-GT is a COCO file (``.json``) or a folder of PNG label maps named ``<image_id>.png``. Writes
-``OUTPUT/evaluation.json`` (schemas/evaluation.schema.json) and ``OUTPUT/evaluation.md``.
+GT is a COCO file (``.json``) or a folder of PNG label maps named ``<image_id>.png``; every
+image in it is scored, as mmseg's IoUMetric scores (and ``jobs.benchmark``): an image with
+ground truth but no prediction is missed, its pixels counted as wrong. Predictions without
+ground truth are named, not scored. Writes ``OUTPUT/evaluation.json``
+(schemas/evaluation.schema.json) and ``OUTPUT/evaluation.md`` (beside a COCO file given as
+OUTPUT). Exit code: 0 when scored, 2 for bad input.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-import schemas
 from pipeline.formats.layout import EVALUATION, EVALUATION_TABLE
 from pipeline.formats.storage import Storage
-from pipeline.reading.evaluation import evaluate
+from pipeline.reading.evaluation import evaluate, write_evaluation
+from pipeline.reading.predictions import folder_of
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m jobs.evaluate", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--predictions", required=True, help="a finished run's output folder")
+    parser.add_argument(
+        "--predictions", required=True, help="a finished run's output folder, or a COCO .json"
+    )
     parser.add_argument(
         "--ground-truth", required=True, help="COCO .json or folder of PNG label maps"
     )
@@ -38,18 +43,20 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    report = result.to_json()
-    schemas.validate(report, "evaluation")
-    storage = Storage(args.predictions)
-    storage.write_atomic(EVALUATION, json.dumps(report, indent=1).encode())
-    storage.write_atomic(EVALUATION_TABLE, (result.table() + "\n").encode())
-    print(result.table())
-    print(
-        f"\n{result.images} images scored; written to {storage.uri(EVALUATION)} and {EVALUATION_TABLE}"
-    )
-    if result.missing:
+    storage = Storage(folder_of(args.predictions))
+    write_evaluation(storage, result)
+    print(result.markdown())
+    print(f"written to {storage.uri(EVALUATION)} and {EVALUATION_TABLE}")
+    if result.missed:
         print(
-            f"warning: {len(result.missing)} predicted images had no ground truth", file=sys.stderr
+            f"warning: {len(result.missed)} ground-truth images have no prediction, scored as "
+            "wholly wrong (a failed image, or ground truth beyond the run)",
+            file=sys.stderr,
+        )
+    if result.without_truth:
+        print(
+            f"warning: {len(result.without_truth)} predicted images have no ground truth",
+            file=sys.stderr,
         )
     return 0
 

@@ -3,9 +3,10 @@
     python -m jobs.label --manifest M.parquet --vocabulary classes.txt --output OUT [--model demo]
     ray job submit --working-dir . -- python -m jobs.label ...   # on a cluster
 
-Exit code: 0 when every shard finished (even with failed images); 1 if a shard failed, the
-model or a worker could not be built, or the run crashed (with its traceback); 2 for bad
-input, found before any work.
+Exit code: 0 when every shard finished (even with some failed images); 1 if a shard failed,
+every image failed, the model or a worker could not be built, or the run crashed (with its
+traceback); 2 for bad input, found before any work; 130 (SIGINT) or 143 (SIGTERM) when
+stopped: the run is resumable with the same command.
 """
 
 from __future__ import annotations
@@ -16,33 +17,65 @@ import sys
 import traceback
 from pathlib import Path
 
-from pipeline import InputError, RayBackend, SetupError, execute, load_run_config, prepare_run
-from pipeline.cli import overrides, parse_args
+from pipeline import (
+    Backend,
+    InputError,
+    RayBackend,
+    SetupError,
+    execute,
+    load_run_config,
+    prepare_run,
+)
+from pipeline.cli import build_parser, overrides, parse_args
+from pipeline.errors import DiskFullError
+from pipeline.formats.checkpoints import shipped_settings
 from pipeline.planning.report import describe_plan
+from pipeline.running.summary import Stopped, describe_summary, stop_on_sigterm
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, backend: Backend | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:  # a bare command: show what it takes
+        build_parser().print_help()
+        print(
+            "\nerror: give --config FILE, or --manifest, --vocabulary and --output", file=sys.stderr
+        )
+        return 2
     args = parse_args(argv)
     try:
         text = Path(args.config).read_text(encoding="utf-8") if args.config else None
-        config = load_run_config(json.loads(text) if text else None, overrides(args))
-        run = prepare_run(config)
+        config = load_run_config(
+            json.loads(text) if text else None, overrides(args), shipped_settings
+        )
+        run = prepare_run(config, args.allow_config_change)
     except (InputError, OSError, ValueError) as err:  # nothing has started
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.dry_run:
         c = config
         print(
-            describe_plan(run.manifest, run.plan, run.done, c.output, c.png_labels, c.merge_limit)
+            describe_plan(
+                run.manifest,
+                run.plan,
+                run.done,
+                c.output,
+                c.labelling.png_labels,
+                c.execution.merge_limit,
+            )
         )
+        print(f"model {c.labelling.model}, weights {run.weights}: found, they can be had")
         return 0
     try:
-        summary = execute(
-            run, RayBackend(config.address), args.allow_config_change, args.retry_failed
-        )
+        with stop_on_sigterm():
+            summary = execute(
+                run,
+                backend or RayBackend(config.execution.address),
+                args.allow_config_change,
+                args.retry_failed,
+            )
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -50,27 +83,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the model could not be built: {err.cause}", file=sys.stderr)
         print(f"(traceback: python -m jobs.status {config.output} --tracebacks)", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as err:
+        print(
+            f"stopped: the run is resumable with the same command ({config.output})",
+            file=sys.stderr,
+        )
+        return err.code if isinstance(err, Stopped) else 130
+    except DiskFullError as err:
+        print(
+            f"error: the output ran out of space ({err}); free space and run the same "
+            "command to resume: finished shards are kept",
+            file=sys.stderr,
+        )
+        return 1
     except Exception:
         traceback.print_exc()
-        print(f"error: the run crashed; {config.output}/run.json records it", file=sys.stderr)
+        print(f"error: the run crashed; see python -m jobs.status {config.output}", file=sys.stderr)
         return 1
-    masks = "annotations.json and " if summary.merged else ""
-    print(
-        f"{summary.images_labelled} images labelled, {summary.images_failed} failed, "
-        f"{summary.shards_failed} of {summary.shards} shards failed, {summary.seconds:.1f} s. "
-        f"Masks: {config.output}/{masks}annotations/*.parquet"
-    )
-    if summary.failures_by_error:
-        kinds = ", ".join(f"{n} {error}" for error, n in summary.failures_by_error.items())
-        where = "failures.jsonl" if summary.merged else "shards/*.json (or jobs.merge)"
-        print(f"failed images by cause: {kinds}; each listed in {config.output}/{where}")
-    if summary.retries:
-        kinds = ", ".join(f"{n} {cause}" for cause, n in sorted(summary.retries.items()))
-        print(f"attempts retried: {kinds} (died: worker lost; oom: out of memory; timeout)")
-    if not summary.ok:
-        print(
-            f"failed shards and their tracebacks: python -m jobs.status {config.output} --tracebacks"
-        )
+    print(describe_summary(summary, config.output))
     return 0 if summary.ok else 1
 
 

@@ -5,8 +5,9 @@
 
 Ids are paths relative to each SOURCE; rows are sorted by id (see pipeline/planning/sources.py).
 With --probe or --sha256 each file is read; files that cannot be are left out and listed in
-OUTPUT.unreadable.jsonl. Exit code: 0 when written (even with files left out); 2 for bad input
-(a missing SOURCE, colliding ids, no image found).
+OUTPUT.unreadable.jsonl. Links to folders are skipped unless --follow-links (then each folder
+is listed once: a link loop ends). Exit code: 0 when written (even with files left out); 2 for
+bad input (a missing SOURCE, colliding ids, no image found).
 """
 
 from __future__ import annotations
@@ -31,11 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probe", action="store_true", help="width and height from image headers")
     p.add_argument("--sha256", action="store_true", help="sha256 of each file's bytes")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="reads in flight")
+    p.add_argument(
+        "--follow-links", action="store_true", help="enter links to folders, each folder once"
+    )
     args = p.parse_args(argv)
     if args.threads < 1:
         p.error("--threads must be at least 1")
     try:
-        listing = list_sources(args.sources, args.image_root)
+        listing = list_sources(args.sources, args.image_root, args.follow_links)
         probed = Probed(listing.rows, ())
         if args.probe or args.sha256:
             probed = probe(listing.rows, args.probe, args.sha256, args.threads)
@@ -49,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     if listing.skipped:
         kinds = ", ".join(f"{reason}: {n}" for reason, n in listing.skipped)
         print(f"skipped {sum(n for _, n in listing.skipped)} hidden or non-image file(s) ({kinds})")
+    if listing.links:
+        why = "already listed" if args.follow_links else "not entered (--follow-links enters them)"
+        print(f"skipped {listing.links} link(s) to folders {why}")
     if unreadable:
         print(f"{len(unreadable)} unreadable file(s) left out, all listed in {sidecar}:")
         for failure in unreadable[:5]:

@@ -6,8 +6,9 @@ Importing it imports neither torch nor Ray: a driver validates and plans without
 
 from pipeline.config import RunConfig, load_run_config
 from pipeline.errors import ConfigChangedError, InputError, SetupError
+from pipeline.formats.descriptors import Shard
 from pipeline.planning.manifest import ManifestError, open_manifest
-from pipeline.planning.plan import Plan, Shard, plan_shards
+from pipeline.planning.plan import Plan, plan_shards
 from pipeline.running.backends import Backend, LocalBackend, RayBackend
 from pipeline.running.coordinator import (
     PreparedRun,

@@ -8,6 +8,7 @@ anything else escaping a run is a crash (exit 1 with its traceback).
 
 from __future__ import annotations
 
+import errno
 import re
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -19,6 +20,23 @@ class InputError(ValueError):
 
 class ConfigChangedError(InputError):
     """The output folder holds a run made with other labelling settings or an older format."""
+
+
+class DamagedFileError(InputError):
+    """A file of the run's own (ledger, marker, ``run.json``) cannot be read as written.
+
+    Attributes:
+        location: the file, as the user would find it (``OUTPUT/ledger/...``).
+        problem: what is wrong with it, in a few words.
+        fix: what the user can do about it.
+    """
+
+    def __init__(self, location: str, problem: str, fix: str) -> None:
+        super().__init__(f"{location} is damaged ({problem}). {fix}")
+        self.location, self.problem, self.fix = location, problem, fix
+
+    def __reduce__(self) -> tuple[type[DamagedFileError], tuple[str, str, str]]:
+        return DamagedFileError, (self.location, self.problem, self.fix)
 
 
 class SetupError(RuntimeError):
@@ -57,3 +75,22 @@ def is_out_of_memory(err: BaseException) -> bool:
         return True
     text = str(err).lower()
     return "out of memory" in text or "running low on memory" in text
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """A write ran out of space or quota (``ENOSPC``, ``EDQUOT``): a resource, not a bug.
+
+    Matched by errno and by message, since Ray and pyarrow re-raise such errors as text.
+    """
+    if isinstance(err, OSError) and err.errno in _NO_SPACE:
+        return True
+    text = str(err).lower()
+    return "no space left on device" in text or "disk quota exceeded" in text
+
+
+class DiskFullError(OSError):
+    """The output ran out of space (or quota): the run ends, its shards in flight stay
+    pending, and the same command resumes once there is room."""

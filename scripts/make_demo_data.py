@@ -39,7 +39,8 @@ def main() -> None:
         rows.append(
             {
                 "image_id": name,
-                "uri": str(args.out / "images" / f"{name}.png"),
+                # relative to the manifest's folder, where a manifest's relative uris are read
+                "uri": f"images/{name}.png",
                 "width": size[1],
                 "height": size[0],
             }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from gclip import Segmentation
@@ -100,3 +102,21 @@ class _SlowSegmenter:
 
         time.sleep(self.delay)
         return self.inner.segment(images, vocabulary, config)
+
+
+class Recording:
+    """A segmenter factory whose segmenters record every call's vocabulary and inference
+    config (and the image shapes) before labelling as ``inner`` does. A class attribute
+    holds the calls, so in-process executors share them with the test."""
+
+    calls: ClassVar[list[tuple[tuple[tuple[int, ...], ...], object, object]]] = []
+
+    def __init__(self, inner=None) -> None:
+        self.inner = inner or BrightnessSegmenter()
+
+    def segment(self, images, vocabulary, config=None):
+        Recording.calls.append((tuple(i.shape for i in images), vocabulary, config))
+        return self.inner.segment(images, vocabulary, config)
+
+    def __call__(self):
+        return self

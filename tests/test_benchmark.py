@@ -14,10 +14,10 @@ from PIL import Image
 import schemas
 from jobs import benchmark as benchmark_job
 from pipeline import InputError, LocalBackend
-from pipeline.benchmarks.datasets import layout
-from pipeline.benchmarks.presets import DATASETS, PROTOCOLS, default_protocol, preset, published
-from pipeline.benchmarks.runner import BenchmarkSpec, class_names, run_benchmark
 from pipeline.formats.layout import label_path
+from pipeline.reproduction.datasets import layout
+from pipeline.reproduction.presets import DATASETS, PROTOCOLS, default_protocol, preset, published
+from pipeline.reproduction.runner import BenchmarkSpec, class_names, run_benchmark
 
 SMALL = {"short_side": 32, "crop": 32, "stride": 16}  # the fixtures' 40 x 30 images, fast
 
@@ -82,7 +82,7 @@ def test_every_benchmark_scores_its_label_maps(tmp_path, dataset):
     assert record == result.record
     schemas.validate(record, "benchmark")
     samples = layout(dataset).samples(str(root))
-    assert record["images"] == len(samples) == 3 and record["images_unlabelled"] == []
+    assert record["images"] == len(samples) == 3 and record["images_missed"] == []
     miou, accuracy, ious = independent_scores(out, samples, layout(dataset))
     assert record["miou"] == pytest.approx(miou) and record["pixel_accuracy"] == pytest.approx(
         accuracy
@@ -112,11 +112,11 @@ def test_limit_scores_the_first_images_and_a_missing_map_counts_as_missed(tmp_pa
     assert record["images"] == 2 and record["limit"] == 2
     assert record["miou"] == pytest.approx(independent_scores(out, samples, layout("ade"))[0])
     (out / label_path(samples[1].image_id)).unlink()  # as if the job had failed on it
-    from pipeline.benchmarks.scoring import score_split
+    from pipeline.reproduction.scoring import score_split
 
     split = score_split(str(out), samples, layout("ade").truth, class_names(preset("ade", "sclip")))
     truth = layout("ade").truth(samples[1].truth)
-    assert split.unlabelled == (samples[1].image_id,)
+    assert split.missed == (samples[1].image_id,) and split.images == 2
     assert split.scores.confusion[:, -1].sum() == np.sum(truth != 255)  # all of it missed
 
 

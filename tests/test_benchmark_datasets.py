@@ -11,7 +11,7 @@ import pytest
 from benchmark_fixtures import DATA_ROOT_BELOW, H, W, blocks_hw, make_dataset
 from PIL import Image
 
-from pipeline.benchmarks.datasets import LAYOUTS, DatasetError, Sample, layout
+from pipeline.reproduction.datasets import LAYOUTS, DatasetError, Sample, layout
 
 NAMES = ("voc21", "voc20", "context60", "context59", "stuff171", "object", "city", "ade", "camvid")
 

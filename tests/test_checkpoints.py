@@ -80,7 +80,7 @@ def test_a_model_folder_on_s3_labels_like_the_local_one(s3_env, cache, tmp_path)
             "model": model,
             "inference": {"short_side": 32},
         }
-        assert run_labelling(load_run_config(values, {}), LocalBackend()).ok
+        assert run_labelling(load_run_config(values, {}, shipped_settings), LocalBackend()).ok
         run = json.loads((root / name / "run.json").read_text())
         outputs.append((run["resolved"], (root / name / "annotations.json").read_bytes()))
     assert outputs[0][0] == outputs[1][0]  # same weights digest, blocks and depth

@@ -21,12 +21,13 @@ from pipeline.formats.layout import label_file_name
 def finished_run(tmp_path, request):
     """A run read back from its merged annotations.json, or from its COCO shard files only."""
     root = make_dataset(tmp_path, count=4)
-    config = RunConfig(
+    config = RunConfig.from_settings(
         manifest=str(root / "m.parquet"),
         vocabulary=str(root / "vocab.txt"),
         output=str(root / "out"),
         shard_size=2,
         merge_limit=100 if request.param == "merged" else 0,
+        pretrained="none",
     )
     assert run_labelling(config, LocalBackend(BrightnessSegmenter())).ok
     if request.param == "merged":
@@ -69,6 +70,44 @@ def test_png_ground_truth_scores_by_hand(finished_run, capsys):
     assert report["iou"]["bright"] == pytest.approx(bright / (bright + 10))
     assert "| **mIoU** |" in (finished_run / "out" / "evaluation.md").read_text()
     assert "mIoU" in capsys.readouterr().out
+
+
+def test_ground_truth_without_a_prediction_is_missed_and_counted_wrong(finished_run, capsys):
+    """The ground truth is the set scored: an image it has and the run has not is missed, its
+    pixels in the unlabelled column; a prediction without ground truth is named, not scored."""
+    gt = finished_run / "gt"
+    (gt / "img").mkdir(parents=True)
+    for i in (0, 1, 3):  # im2 has no ground truth
+        Image.fromarray(truth(i)).save(gt / label_file_name(f"img/{i}" if i == 3 else f"im{i}"))
+    Image.fromarray(np.ones((5, 12), np.uint8)).save(gt / "extra.png")  # 60 bright pixels
+    out = finished_run / "out"
+    assert evaluate_job.main(["--predictions", str(out), "--ground-truth", str(gt)]) == 0
+    report = json.loads((out / "evaluation.json").read_text())
+    schemas.validate(report, "evaluation")
+    assert report["images"] == 4 and report["images_missed"] == ["extra"]
+    assert report["images_without_ground_truth"] == ["im2"]
+    conf = np.array(report["confusion"])
+    assert conf[1, 2] == 60 and conf[:, 2].sum() == 60  # the missed image, all of it wrong
+    scored = (10 + 11 + 13) * 12  # predicted right, pixel for pixel
+    assert report["pixel_accuracy"] == pytest.approx(scored / (scored + 60))
+    assert report["iou"]["bright"] == pytest.approx(conf[1, 1] / (conf[1, 1] + 60))
+    assert "1 missed" in (out / "evaluation.md").read_text()
+    assert "1 ground-truth images have no prediction" in capsys.readouterr().err
+
+
+def test_a_coco_file_as_predictions_is_scored_beside_it(finished_run):
+    out = finished_run / "out"
+    if not (out / "annotations.json").exists():
+        pytest.skip("the sharded run has no merged file")
+    gt = finished_run / "gt"
+    for i in range(4):
+        path = gt / label_file_name(f"img/{i}" if i == 3 else f"im{i}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(truth(i)).save(path)
+    predictions = str(out / "annotations.json")
+    assert evaluate_job.main(["--predictions", predictions, "--ground-truth", str(gt)]) == 0
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["miou"] == pytest.approx(1.0) and report["images_missed"] == []
 
 
 def test_coco_ground_truth_with_polygons(finished_run):
@@ -135,7 +174,7 @@ def test_previews(finished_run):
 def test_coco_ground_truth_matches_ids_that_keep_the_file_name():
     """A manifest made from a COCO file (``jobs.manifest gt.json``) has ids equal to the
     ``file_name``s, extension included; two folders may hold the same stem."""
-    from pipeline.reading.evaluation import _coco_reader
+    from pipeline.reading.evaluation import CocoGroundTruth
 
     gt = {
         "images": [
@@ -155,6 +194,6 @@ def test_coco_ground_truth_matches_ids_that_keep_the_file_name():
         ],
         "categories": [{"id": 5, "name": "thing"}],
     }
-    read = _coco_reader(gt, {5: 0})
-    assert read({"image_id": "x/a.jpg"}).tolist() == [[255, 255], [255, 255]]
-    assert read({"image_id": "y/a.jpg"}).tolist() == [[0, 255], [255, 255]]
+    truth = CocoGroundTruth(gt, {5: 0})
+    assert truth.claim({"image_id": "x/a.jpg"}).tolist() == [[255, 255], [255, 255]]
+    assert truth.claim({"image_id": "y/a.jpg"}).tolist() == [[0, 255], [255, 255]]

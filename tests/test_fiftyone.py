@@ -91,9 +91,12 @@ def labelled(root, vocabulary=None, segmenter=None, **settings):
         "output": str(root / "out"),
         "shard_size": 2,
         "png_labels": True,
+        "pretrained": "none",
         **settings,
     }
-    run_labelling(RunConfig(**values), LocalBackend(segmenter or BrightnessSegmenter()))
+    run_labelling(
+        RunConfig.from_settings(**values), LocalBackend(segmenter or BrightnessSegmenter())
+    )
     return Path(values["output"])
 
 
@@ -238,7 +241,9 @@ def test_thing_annotations_become_detections_when_the_run_made_instances(fo, tmp
 
     def labelled_with_stuff(output, **settings):
         vocabulary = str(root / "vocab.json")  # "dark" is stuff
-        config = RunConfig(str(root / "m.parquet"), vocabulary, str(root / output), **settings)
+        config = RunConfig.from_settings(
+            str(root / "m.parquet"), vocabulary, str(root / output), pretrained="none", **settings
+        )
         assert run_labelling(config, LocalBackend(BrightnessSegmenter())).ok
         return root / output
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from pipeline.formats import images
-from pipeline.planning.manifest import ImageRecord
+from pipeline.formats.descriptors import ImageRecord
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **kw) -> bytes:

@@ -130,10 +130,11 @@ def test_the_job_writes_instances(tmp_path):
     )
 
     def run(output, **kw):
-        config = RunConfig(
+        config = RunConfig.from_settings(
             manifest=str(tmp_path / "m.parquet"),
             vocabulary=str(tmp_path / "v.json"),
             output=str(tmp_path / output),
+            pretrained="none",
             **kw,
         )
         assert run_labelling(config, LocalBackend(BrightnessSegmenter())).ok

@@ -20,6 +20,7 @@ from pipeline import (
     run_labelling,
 )
 from pipeline.cli import overrides, parse_args
+from pipeline.formats.checkpoints import shipped_settings
 
 
 def test_flags_override_the_config_file(tmp_path):
@@ -34,10 +35,10 @@ def test_flags_override_the_config_file(tmp_path):
     args = parse_args(
         ["--shard-size", "5", "--stride", "56", "--method-options", '{"naclip_sigma": 3}']
     )
-    config = load_run_config(file_values, overrides(args))
-    assert config.shard_size == 5 and config.method.name == "naclip"
-    assert (config.inference.crop, config.inference.stride) == (224, 56)
-    assert config.method.naclip_sigma == 3
+    config = load_run_config(file_values, overrides(args), shipped_settings)
+    assert config.execution.shard_size == 5 and config.labelling.method.name == "naclip"
+    assert (config.labelling.inference.crop, config.labelling.inference.stride) == (224, 56)
+    assert config.labelling.method.naclip_sigma == 3
     assert config.sources["inference.stride"] == "flag"
     assert config.sources["inference.crop"] == "config file"
     assert "inference.short_side" not in config.sources  # a default
@@ -72,7 +73,7 @@ def test_flags_override_the_config_file(tmp_path):
 )
 def test_bad_configs_fail_clearly(values, match):
     with pytest.raises(InputError, match=match):
-        load_run_config(None, values)
+        load_run_config(None, values, shipped_settings)
 
 
 def test_block_indices_are_checked_against_the_model():
@@ -84,9 +85,10 @@ def test_block_indices_are_checked_against_the_model():
             "output": "o",
             "method_options": {"global_blocks": [99]},
         },
+        shipped_settings,
     )
     with pytest.raises(ValueError, match="global_blocks"):  # known once the model's depth is
-        SegmenterSpec("demo", None, config.method)()
+        SegmenterSpec("demo", None, config.labelling.method)()
 
 
 def test_label_job_rejects_bad_input_fast(tmp_path, capsys):
@@ -123,11 +125,12 @@ def test_label_job_rejects_bad_input_fast(tmp_path, capsys):
 
 def test_status_reads_the_ledger(tmp_path, capsys):
     root = make_dataset(tmp_path)
-    config = RunConfig(
+    config = RunConfig.from_settings(
         manifest=str(root / "m.parquet"),
         vocabulary=str(root / "vocab.txt"),
         output=str(root / "out"),
         shard_size=3,
+        pretrained="none",
     )
     run_labelling(config, LocalBackend(BrightnessSegmenter(always_fail=True)))
     assert status_job.main([str(root / "out"), "--tracebacks"]) == 1

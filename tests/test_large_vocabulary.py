@@ -11,6 +11,7 @@ from test_pipeline_local import make_dataset
 from gclip.demo_world import CLASS_NAMES
 from jobs import evaluate as evaluate_job
 from pipeline import LocalBackend, load_run_config, run_labelling
+from pipeline.formats.checkpoints import shipped_settings
 from pipeline.formats.coco import CocoLabelMaps
 
 
@@ -29,7 +30,7 @@ def test_a_1203_class_vocabulary_runs_through_the_job(tmp_path):
         "png_labels": True,
         "inference": {"short_side": 64, "crop": 64, "stride": 32, "name_chunk": 100},
     }
-    summary = run_labelling(load_run_config(values, {}), LocalBackend())
+    summary = run_labelling(load_run_config(values, {}, shipped_settings), LocalBackend())
     assert summary.ok and summary.images_labelled == 4
     coco = json.loads((root / "out" / "annotations.json").read_text())
     assert len(coco["categories"]) == 1203

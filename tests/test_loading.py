@@ -9,8 +9,8 @@ import open_clip
 import pytest
 import torch
 
-from gclip import WeightsUnavailableError, load_model
-from gclip.loading import _cached_checkpoint, _resolve_weights
+from gclip import WeightsSource, WeightsUnavailableError, check_weights, load_model
+from gclip.loading import random_weights_seed
 
 
 def test_offline_tag_fails_fast_with_the_fix(monkeypatch, tmp_path):
@@ -33,27 +33,31 @@ def test_unreachable_hub_fails_within_the_timeout(monkeypatch, tmp_path):
     assert time.monotonic() - start < 10
 
 
-def test_cached_tag_resolves_offline_with_quick_gelu(monkeypatch, tmp_path):
-    """A tag already in the Hugging Face cache is used without any network."""
+def test_cached_tag_is_loaded_offline_with_quick_gelu(monkeypatch, tmp_path):
+    """A tag already in the Hugging Face cache is used without any network, and OpenAI
+    weights get QuickGELU even under the plain model name."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    cfg = open_clip.get_pretrained_cfg("ViT-B-16", "openai")
-    repo_id, filename = os.path.split(cfg["hf_hub"])  # "org/repo/" -> ("org/repo", "")
-    repo = tmp_path / ("models--" + repo_id.replace("/", "--"))
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text("abc123")
-    snapshot = repo / "snapshots" / "abc123"
+    torch.manual_seed(0)
+    source = open_clip.create_model("ViT-S-32", force_quick_gelu=True)
+    cfg = {"hf_hub": "org/vit-s-32/", "quick_gelu": True}
+    snapshot = tmp_path / "models--org--vit-s-32" / "snapshots" / "abc123"
     snapshot.mkdir(parents=True)
-    name = filename or "open_clip_model.safetensors"
-    (snapshot / name).write_bytes(b"weights")
-    assert _cached_checkpoint(cfg, str(tmp_path)) == str(snapshot / name)
-    path, quick_gelu, source = _resolve_weights("ViT-B-16", "openai", str(tmp_path), 1.0)
-    assert path == str(snapshot / name) and quick_gelu and source == "openai"
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("abc123")
+    torch.save(source.state_dict(), snapshot / "open_clip_pytorch_model.bin")
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda model, tag: cfg)
+    loaded = load_model("ViT-S-32", pretrained="openai", cache_dir=str(tmp_path))
+    assert loaded.pretrained == "openai"
+    assert loaded.weights_file == str(snapshot / "open_clip_pytorch_model.bin")
+    assert type(loaded.model.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
 
 
-def test_random_weights_warn_loudly():
+def test_random_weights_warn_loudly_and_are_seeded_by_name():
     with pytest.warns(UserWarning, match="RANDOM weights"):
-        path, _, source = _resolve_weights("ViT-B-16", "none", None, 1.0)
-    assert path is None and source == "none"
+        loaded = load_model("ViT-S-32", pretrained="none")
+    assert loaded.pretrained == "none" and loaded.seed == random_weights_seed("ViT-S-32")
+    assert loaded.weights_file is None
+    assert check_weights("ViT-S-32", "none").source is WeightsSource.RANDOM
 
 
 def test_bad_names_and_tags():
@@ -102,7 +106,11 @@ def test_hf_hub_model_fails_fast_offline(tmp_path):
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )
     assert result.returncode != 0
-    assert "WeightsUnavailableError" in result.stderr and "--pretrained" in result.stderr
+    assert "WeightsUnavailableError" in result.stderr and "HF_HUB_OFFLINE" in result.stderr
+    assert (
+        "--model local-dir:" in result.stderr
+        and "hf download timm/ViT-B-16-SigLIP" in result.stderr
+    )
     assert time.monotonic() - start < 30  # interpreter and torch start-up included
 
 

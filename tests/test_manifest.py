@@ -40,8 +40,10 @@ def test_file_folder_and_glob_list_in_sorted_order(tmp_path):
         assert [f.rows for f in manifest.files] == [2, 2]
         rows = all_rows(plan_shards(manifest, 3))
         assert [r.image_id for r in rows] == ["a", "b", "c", "d"]
-        assert [r.index for r in rows] == [0, 1, 2, 3]
-    assert first_uris(open_manifest(str(tmp_path / "m")), 3) == ["a.png", "b.png", "c.png"]
+        assert [r.coco_id for r in rows] == [0, 1, 2, 3]
+    # relative uris are taken from the folder of the file that lists them
+    expected = [str(tmp_path / "m" / n) for n in ("a.png", "b.png", "c.png")]
+    assert first_uris(open_manifest(str(tmp_path / "m")), 3) == expected
 
 
 def test_plans_of_files_with_row_groups_are_deterministic_and_complete(tmp_path):
@@ -62,7 +64,7 @@ def test_plans_of_files_with_row_groups_are_deterministic_and_complete(tmp_path)
     assert [s.name for s in plan.shards][:2] == ["shard-000000", "shard-000001"]
     rows = all_rows(plan)
     assert [r.image_id for r in rows] == ids("a", 10) + ids("b", 5)
-    assert [r.index for r in rows] == list(range(15))
+    assert [r.coco_id for r in rows] == list(range(15))
     assert rows[0].width == 5 and rows[-1].width == 6 and rows[0].height is None
     again = plan_shards(open_manifest(str(tmp_path / "m")), 4)
     assert again == plan  # descriptors and digests, every time

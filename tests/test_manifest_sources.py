@@ -322,8 +322,8 @@ def test_http_urls_are_probed_and_read(data, tmp_path, capsys):
         assert "HTTP 404" in failures[1]["message"]
         assert "2 unreadable file(s) left out" in stdout
         # the labelling job's image reader fetches them
+        from pipeline.formats.descriptors import ImageRecord
         from pipeline.formats.images import load
-        from pipeline.planning.manifest import ImageRecord
 
         decoded = load(ImageRecord(0, ids[2], rows[2]["uri"], sha256=rows[2]["sha256"]))
         assert decoded.shape == (5, 7, 3)
@@ -333,7 +333,8 @@ def test_the_labelling_job_plans_the_manifest(data, tmp_path, capsys):
     out = tmp_path / "m.parquet"
     assert make(capsys, data, "--output", out, "--probe")[0] == 0
     (tmp_path / "vocabulary.txt").write_text("sky\nroad\n", encoding="utf-8")
-    args = ["--dry-run", "--manifest", str(out), "--vocabulary", str(tmp_path / "vocabulary.txt")]
+    vocabulary = str(tmp_path / "vocabulary.txt")
+    args = ["--dry-run", "--model", "demo", "--manifest", str(out), "--vocabulary", vocabulary]
     assert label_job.main([*args, "--output", str(tmp_path / "run")]) == 0
     assert f"{len(IMAGES)} images in 1 file(s)" in capsys.readouterr().out
 

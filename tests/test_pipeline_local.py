@@ -19,8 +19,8 @@ from gclip import InferenceConfig, MethodConfig
 from pipeline import ConfigChangedError, LocalBackend, RunConfig, run_labelling
 from pipeline.formats.coco import decode_label_map
 from pipeline.formats.layout import label_file_name
+from pipeline.formats.ledger import Ledger
 from pipeline.formats.storage import Storage
-from pipeline.running.ledger import Ledger
 
 
 def make_dataset(root, count=7, broken=()):
@@ -47,7 +47,10 @@ def make_dataset(root, count=7, broken=()):
 def job_args(root, output="out"):
     """``jobs.label`` flags for the dataset under ``root``."""
     manifest, vocabulary = str(root / "m.parquet"), str(root / "vocab.txt")
-    return ["--manifest", manifest, "--vocabulary", vocabulary, "--output", str(root / output)]
+    return [
+        *("--manifest", manifest, "--vocabulary", vocabulary, "--output", str(root / output)),
+        *("--pretrained", "none"),  # stand-in segmenters: no weights to check
+    ]
 
 
 def config_for(root, **kw):
@@ -56,9 +59,10 @@ def config_for(root, **kw):
         "vocabulary": str(root / "vocab.txt"),
         "output": str(root / "out"),
         "shard_size": 3,
+        "pretrained": "none",  # stand-in segmenters: no weights to check
         **kw,
     }
-    return RunConfig(**values)
+    return RunConfig.from_settings(**values)
 
 
 def fake_backend(segmenter=None):
@@ -226,7 +230,7 @@ def test_auto_global_blocks_calibrate_on_the_manifests_first_images(tmp_path):
     run = prepare_run(config)
     assert run.calibration_uris == tuple(first_uris(open_manifest(config.manifest), 5))
     assert run.calibration_uris == tuple(str(root / "img" / f"{i}.png") for i in range(5))
-    spec = SegmenterSpec("demo", None, config.method)
+    spec = SegmenterSpec("demo", None, config.labelling.method)
     a, b = (resolve_recipe(spec, run.calibration_uris, 64) for _ in range(2))
     blocks = a.spec.method.global_blocks
     assert isinstance(blocks, tuple) and blocks == b.spec.method.global_blocks

@@ -17,6 +17,7 @@ from test_job_failures import demo_args
 from test_pipeline_local import assert_same_outputs, ledger_of
 
 from pipeline import LocalBackend, RayBackend, RunConfig, load_run_config, run_labelling
+from pipeline.formats.checkpoints import shipped_settings
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -35,7 +36,7 @@ def demo_config(output, **flags) -> RunConfig:
         "inference": {"short_side": 64, "crop": 64, "stride": 32},
         **flags,
     }
-    return load_run_config(None, values)
+    return load_run_config(None, values, shipped_settings)
 
 
 @pytest.fixture(scope="module")

@@ -51,11 +51,12 @@ def make_run(root: Path, shard_size: int = 3) -> Path:
         Image.fromarray(np.repeat(127.5 + noise, 3, axis=2).astype(np.uint8)).save(path)
     pq.write_table(pa.table({"image_id": ids, "uri": uris}), root / "m.parquet")
     (root / "vocab.txt").write_text("dark & <deep>, shadow\nbright\nnever seen\n")
-    config = RunConfig(
+    config = RunConfig.from_settings(
         manifest=str(root / "m.parquet"),
         vocabulary=str(root / "vocab.txt"),
         output=str(root / "out"),
         shard_size=shard_size,
+        pretrained="none",
     )
     assert run_labelling(config, LocalBackend(BrightnessSegmenter())).ok
     return root / "out"

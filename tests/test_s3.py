@@ -37,12 +37,13 @@ def test_labelling_from_and_to_s3(s3_env, tmp_path):
     with fs.open_output_stream("data/manifests/part-0.parquet") as stream:
         stream.write(buffer.getvalue())
     (tmp_path / "v.txt").write_text("dark\nbright\n")
-    config = RunConfig(
+    config = RunConfig.from_settings(
         manifest="s3://data/manifests/",
         vocabulary=str(tmp_path / "v.txt"),
         output="s3://labels/run1",
         shard_size=2,
         png_labels=True,
+        pretrained="none",
     )
     summary = run_labelling(config, LocalBackend(BrightnessSegmenter()))
     assert summary.ok and summary.images_labelled == 4 and summary.images_failed == 1

@@ -20,8 +20,8 @@ import schemas
 from jobs import merge as merge_job
 from pipeline import InputError, LocalBackend, prepare_run, run_labelling
 from pipeline.formats.coco import annotation_mask
+from pipeline.formats.ledger import Ledger
 from pipeline.formats.storage import Storage
-from pipeline.running.ledger import Ledger
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,7 +102,11 @@ def test_large_runs_are_not_merged_and_merge_on_demand(tmp_path, capsys):
     small = root / "small"
     assert (out / "annotations.json").read_bytes() == (small / "annotations.json").read_bytes()
     assert (out / "failures.jsonl").read_bytes() == (small / "failures.jsonl").read_bytes()
-    # a merged file of an earlier, smaller run is removed once the run outgrows the limit
+    # a rerun with nothing to do keeps the merge made on demand ...
+    again = run_labelling(config_for(root, merge_limit=5), LocalBackend(BrightnessSegmenter()))
+    assert again.complete_before and (out / "annotations.json").exists()
+    # ... and a merged file of an earlier, smaller run is removed once the run outgrows it
+    make_dataset(tmp_path, count=9)
     assert run_labelling(config_for(root, merge_limit=5), LocalBackend(BrightnessSegmenter())).ok
     assert not (out / "annotations.json").exists()
     assert merge_job.main([str(root / "nothing")]) == 2

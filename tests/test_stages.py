@@ -15,7 +15,7 @@ from pipeline.formats.shard_files import ShardContext
 from pipeline.formats.storage import Storage
 from pipeline.planning.manifest import open_manifest
 from pipeline.planning.plan import plan_shards
-from pipeline.running.worker import (
+from pipeline.running.stages import (
     ShardSettings,
     ShardTask,
     decode_shard,
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def settings_for():
     vocabulary = parse_text("dark, shadow\nbright\n")
     context = ShardContext("0" * 64, {"model": "fake"}, vocabulary, "string")
-    return ShardSettings(context, config_for(Path("/x")).inference, images_per_call=2)
+    return ShardSettings(context, config_for(Path("/x")).labelling.inference, images_per_call=2)
 
 
 def test_stages_in_separate_processes_write_what_one_call_writes(tmp_path):
@@ -54,7 +54,7 @@ def test_stages_in_separate_processes_write_what_one_call_writes(tmp_path):
 def test_host_stages_import_no_torch():
     """Host tasks live in Ray workers that must start fast: they never import torch."""
     code = (
-        "import sys, pickle; import pipeline.running.executors, pipeline.running.worker; "
+        "import sys, pickle; import pipeline.running.executors, pipeline.running.stages, pipeline.running.worker; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)

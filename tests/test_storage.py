@@ -174,3 +174,62 @@ def test_an_unreachable_server_is_transient(tmp_path):
 )
 def test_http_errors_are_told_apart(error, transient):
     assert is_transient(error) is transient
+
+
+def check_conditional(storage: Storage) -> None:
+    """Create-if-absent, replace-if-unchanged and delete-if-unchanged, one caller at a time."""
+    assert storage.read_versioned("lock/l.json") is None
+    assert storage.create_exclusive("lock/l.json", b"first") is True
+    assert storage.create_exclusive("lock/l.json", b"second") is False
+    first = storage.read_versioned("lock/l.json")
+    assert first is not None and first.data == b"first"
+    assert storage.replace_if_unchanged("lock/l.json", b"third", first.version) is True
+    third = storage.read_versioned("lock/l.json")
+    assert third is not None and third.data == b"third" and third.version != first.version
+    assert storage.replace_if_unchanged("lock/l.json", b"stale", first.version) is False
+    assert storage.delete_if_unchanged("lock/l.json", first.version) is False
+    assert storage.read("lock/l.json") == b"third"
+    assert storage.delete_if_unchanged("lock/l.json", third.version) is True
+    assert not storage.exists("lock/l.json")
+    assert storage.replace_if_unchanged("lock/l.json", b"gone", third.version) is False
+    assert storage.delete_if_unchanged("lock/l.json", third.version) is False
+    assert storage.create_exclusive("lock/l.json", b"again") is True
+    # No temporaries listed or left; local disk keeps its lock sidecar ``.l.json.lock``.
+    assert [p for p in storage.list("lock") if not p.endswith(".lock")] == ["lock/l.json"]
+
+
+def test_local_conditional_writes(tmp_path):
+    check_conditional(Storage(str(tmp_path / "out")))
+    assert [p.name for p in (tmp_path / "out" / "lock").iterdir() if ".tmp-" in p.name] == []
+
+
+@pytest.mark.slow
+def test_s3_conditional_writes(s3_env):
+    check_conditional(Storage("s3://labels/conditional"))
+
+
+def test_local_conditional_writes_have_one_winner(tmp_path):
+    storage = Storage(str(tmp_path / "out"))
+    racers = 8
+
+    def race(write) -> list[int]:
+        barrier, won = threading.Barrier(racers), []
+
+        def contend(i: int) -> None:
+            barrier.wait(timeout=30)
+            if write(i):
+                won.append(i)
+
+        threads = [threading.Thread(target=contend, args=(i,)) for i in range(racers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        return won
+
+    created = race(lambda i: storage.create_exclusive("l.json", b"%d" % i))
+    assert len(created) == 1 and storage.read("l.json") == b"%d" % created[0]
+    current = storage.read_versioned("l.json")
+    assert current is not None
+    replaced = race(lambda i: storage.replace_if_unchanged("l.json", b"r%d" % i, current.version))
+    assert len(replaced) == 1 and storage.read("l.json") == b"r%d" % replaced[0]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from gclip import VocabularyError, load_vocabulary, parse_json, parse_text
+from gclip.vocabulary import _palette
 
 CLS_VOC21 = """sky, wall, tree, wood, grass, road, sea, river, mountain, sands, desk
 aeroplane
@@ -108,3 +109,29 @@ def test_files(tmp_path):
     (tmp_path / "bad.json").write_text("{classes: [")
     with pytest.raises(VocabularyError, match="not valid JSON"):
         load_vocabulary(tmp_path / "bad.json")
+
+
+def test_colour_words_pick_their_colour():
+    vocab = parse_text("background\nblue square\nred circle\nred and blue\ncar\nGrey-cat\n")
+    colors = vocab.colors()
+    r, g, b = colors[1]
+    assert b > max(r, g) + 60  # "blue square" is blue, not the palette's magenta
+    r, g, b = colors[2]
+    assert r > max(g, b) + 60
+    assert colors[3] == _palette(3) and colors[4] == _palette(4)  # two colour words, none
+    assert colors[5][0] == colors[5][1] == colors[5][2]
+    assert colors[0] == _palette(0)  # the background class keeps its palette colour
+
+
+def test_classes_sharing_a_colour_word_get_distinct_shades_of_it():
+    vocab = parse_text("\n".join(f"{c} {s}" for c in ("red", "blue") for s in "abcde"))
+    colors = vocab.colors()
+    assert len(set(colors)) == len(colors)
+    assert all(r > max(g, b) for r, g, b in colors[:5])
+    assert all(b > max(r, g) for r, g, b in colors[5:])
+    assert vocab.colors() == colors  # deterministic
+
+
+def test_a_given_colour_wins_over_the_colour_word():
+    vocab = parse_json({"classes": [{"id": 1, "name": "red car", "color": [0, 0, 255]}]})
+    assert vocab.colors() == [(0, 0, 255)]

@@ -23,6 +23,8 @@ SHARDS, LEDGER, LABELS = "shards", "ledger", "labels"
 ANNOTATIONS, FAILURES = "annotations.json", "failures.jsonl"
 EVALUATION, EVALUATION_TABLE, PREVIEWS = "evaluation.json", "evaluation.md", "previews"
 REPORT = "report.html"
+# Run files found damaged (ledger files, markers) are moved here by the driver, by folder.
+DAMAGED = "damaged"
 
 # A label file keeps its image's relative path with the image suffix swapped for ``.png``
 # (``nested/d.jpg`` -> ``labels/nested/d.png``), as training frameworks pair images and masks.

@@ -1,4 +1,4 @@
-"""The run's own files: ``run.json``, and the merged COCO file of its shards.
+"""The merged COCO file of a run's shards (``run.json`` is :mod:`pipeline.formats.run_record`).
 
 ``annotations.json`` (one COCO file) and ``failures.jsonl`` are merged from the shards' files,
 streaming one shard at a time, so memory stays bounded whatever the run's size: at the end of
@@ -13,16 +13,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import schemas
-from pipeline.formats.layout import ANNOTATIONS, FAILURES, RUN, SHARDS
+from pipeline.formats.layout import ANNOTATIONS, FAILURES
 from pipeline.formats.shard_files import read_coco, read_marker
 from pipeline.formats.storage import Storage
-
-
-def finished_shards(storage: Storage) -> list[int]:
-    """Indices of the shards whose marker is in place (one listing), in order."""
-    names = storage.list(SHARDS)
-    return sorted(int(p.rsplit("-", 1)[1].removesuffix(".json")) for p in names)
-
 
 FILE_NAMES = ("uri", "image_id")
 
@@ -72,7 +65,7 @@ def merge(
                 images = [{**image, "file_name": str(image["image_id"])} for image in images]
             _write_items(coco, images, first=counts["images"] == 0)
             counts["images"] += len(images)
-            failed = read_marker(storage, shard)["failures"]
+            failed = read_marker(storage, shard).failures
             failures.write(b"".join(_json(f) + b"\n" for f in failed))
         coco.write(b'],"annotations":[')
         for shard in shards:
@@ -84,18 +77,6 @@ def merge(
             _write_items(coco, annotations, first=none_yet)
         coco.write(b"]}")
     return counts
-
-
-def write_run(storage: Storage, run: dict[str, Any]) -> None:
-    schemas.validate(run, "run")
-    storage.write_atomic(RUN, json.dumps(run, indent=2, default=str).encode())
-
-
-def read_run(storage: Storage) -> dict[str, Any] | None:
-    if not storage.exists(RUN):
-        return None
-    data: dict[str, Any] = json.loads(storage.read(RUN))
-    return data
 
 
 def _json(value: Any) -> bytes:

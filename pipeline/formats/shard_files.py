@@ -19,13 +19,14 @@ from __future__ import annotations
 import io
 import json
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gclip import Vocabulary
+from pipeline.errors import DamagedFileError
 from pipeline.formats.coco import categories
 from pipeline.formats.layout import annotation_table_path, coco_path, shard_path, summary_table_path
 from pipeline.formats.storage import Storage
@@ -62,6 +63,72 @@ def summary_schema(id_kind: str) -> pa.Schema:
             ("mean_confidence", pa.float64()),
         ]
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ShardMarker:
+    """``shards/shard-NNNNNN.json``: a finished shard's counts (``schemas/shard.schema.json``).
+
+    Attributes:
+        shard: the shard's index.
+        fingerprint: the run's settings fingerprint when the shard was labelled.
+        digest: sha256 of the shard's image ids, as planned.
+        images: images labelled; ``images_failed``: images recorded as failed.
+        annotations: COCO annotations written.
+        failures_by_error: failed images by exception class, most frequent first.
+        failures: the failure records (``schemas/failure.schema.json``), in manifest order.
+    """
+
+    shard: int
+    fingerprint: str
+    digest: str
+    images: int
+    images_failed: int
+    annotations: int
+    failures_by_error: dict[str, int]
+    failures: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any, location: str) -> ShardMarker:
+        """The marker read from ``location``; :class:`DamagedFileError` if it is not one."""
+        problem = _marker_problem(data)
+        if problem is not None:
+            raise DamagedFileError(location, problem, _RELABEL)
+        return cls(**data)
+
+
+_RELABEL = (
+    "Delete it and run the same jobs.label command again: the shard is labelled anew (its "
+    "other files are rewritten)."
+)
+_MARKER_TYPES = {
+    "shard": int,
+    "fingerprint": str,
+    "digest": str,
+    "images": int,
+    "images_failed": int,
+    "annotations": int,
+    "failures_by_error": dict,
+    "failures": list,
+}
+
+
+def _marker_problem(data: Any) -> str | None:
+    """What makes ``data`` no marker, or ``None``: a cheap structural check, since a resume
+    may adopt many markers (the schema, with the failure records' shape, is checked in tests)."""
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}, not an object"
+    if data.keys() != _MARKER_TYPES.keys():
+        return f"fields {sorted(data)}, expected {sorted(_MARKER_TYPES)}"
+    wrong = [k for k, t in _MARKER_TYPES.items() if not isinstance(data[k], t)]
+    if wrong:
+        return f"wrong types for {', '.join(wrong)}"
+    if not all(isinstance(f, dict) and "image_id" in f and "error" in f for f in data["failures"]):
+        return "failure records without image_id or error"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +180,7 @@ class ShardLabels:
 
 def write_shard(
     storage: Storage, index: int, digest: str, labels: ShardLabels, context: ShardContext
-) -> dict[str, Any]:
+) -> ShardMarker:
     """Write the shard's files, the marker last; return the marker."""
     coco = {
         "info": context.info,
@@ -129,28 +196,48 @@ def write_shard(
         summary_table_path(index), _parquet(labels.summary, summary_schema(context.id_kind))
     )
     storage.write_atomic(coco_path(index), _json(coco))
-    marker = {
-        "shard": index,
-        "fingerprint": context.fingerprint,
-        "digest": digest,
-        "images": len(labels.images),
-        "images_failed": len(labels.failures),
-        "annotations": len(labels.annotations),
-        "failures_by_error": dict(Counter(f["error"] for f in labels.failures).most_common()),
-        "failures": labels.failures,
-    }
-    storage.write_atomic(shard_path(index), _json(marker))
+    marker = ShardMarker(
+        shard=index,
+        fingerprint=context.fingerprint,
+        digest=digest,
+        images=len(labels.images),
+        images_failed=len(labels.failures),
+        annotations=len(labels.annotations),
+        failures_by_error=dict(Counter(f["error"] for f in labels.failures).most_common()),
+        failures=labels.failures,
+    )
+    storage.write_atomic(shard_path(index), _json(marker.to_json()))
     return marker
 
 
-def read_marker(storage: Storage, index: int) -> dict[str, Any]:
-    marker: dict[str, Any] = json.loads(storage.read(shard_path(index)))
-    return marker
+def read_marker(storage: Storage, index: int) -> ShardMarker:
+    """Shard ``index``'s marker.
+
+    Raises:
+        DamagedFileError: the file is not valid JSON or not a marker; names it and the fix.
+    """
+    path = shard_path(index)
+    return ShardMarker.from_json(_read_json(storage, path, _RELABEL), storage.uri(path))
 
 
 def read_coco(storage: Storage, index: int) -> dict[str, Any]:
-    coco: dict[str, Any] = json.loads(storage.read(coco_path(index)))
+    coco: dict[str, Any] = _read_json(storage, coco_path(index), _RELABEL_COCO)
+    if not isinstance(coco, dict) or not {"images", "annotations"} <= coco.keys():
+        raise DamagedFileError(storage.uri(coco_path(index)), "not a COCO file", _RELABEL_COCO)
     return coco
+
+
+_RELABEL_COCO = (
+    "Delete the shard's marker (shards/ folder, same shard name) and run the same jobs.label "
+    "command again: it labels the shard anew."
+)
+
+
+def _read_json(storage: Storage, path: str, fix: str) -> Any:
+    try:
+        return json.loads(storage.read(path))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DamagedFileError(storage.uri(path), f"not JSON: {err}", fix) from None
 
 
 def read_labels(storage: Storage, index: int) -> ShardLabels:
@@ -158,9 +245,7 @@ def read_labels(storage: Storage, index: int) -> ShardLabels:
     coco = read_coco(storage, index)
     annotations = [{k: v for k, v in a.items() if k != "id"} for a in coco["annotations"]]
     summary = pq.read_table(io.BytesIO(storage.read(summary_table_path(index)))).to_pylist()
-    return ShardLabels(
-        coco["images"], annotations, summary, read_marker(storage, index)["failures"]
-    )
+    return ShardLabels(coco["images"], annotations, summary, read_marker(storage, index).failures)
 
 
 def annotation_rows(labels: ShardLabels, vocabulary: Vocabulary) -> list[dict[str, Any]]:

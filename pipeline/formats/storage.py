@@ -13,10 +13,13 @@ and 5xx, 408 and 429 answers are transient.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.client
 import logging
 import os
 import random
+import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -24,7 +27,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
@@ -57,6 +60,18 @@ _TRANSIENT = (
 _PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 HTTP_TIMEOUT_S = 30.0  # per connect and per socket read, not for the whole download
 HTTP_SCHEMES = ("http", "https")
+# S3 answers 409 while another conditional write of the same key is in flight: worth a retry.
+_CONDITIONAL_ATTEMPTS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Versioned:
+    """A file's bytes and its version: the ETag on object stores, the sha256 of the bytes on
+    local disk. A conditional write or delete given ``version`` succeeds only if the file
+    still holds exactly this version."""
+
+    data: bytes
+    version: str
 
 
 class HTTPStatusError(OSError):
@@ -308,3 +323,194 @@ class Storage:
             if info.type == pafs.FileType.File
         ]
         return sorted(f"{folder}/{n}" for n in names if not n.startswith(".tmp-"))
+
+    # Conditional operations: the primitives of a lease (see pipeline.running.lease). pyarrow
+    # has no conditional writes, so on S3 they go through boto3 (If-None-Match / If-Match);
+    # on local disk a hard link creates exclusively and a lock on a sidecar file serialises
+    # the compare-and-swap steps.
+
+    def create_exclusive(self, relative: str, data: bytes) -> bool:
+        """Create ``relative`` holding ``data`` if no file is there: ``True`` if this call made it.
+
+        Atomic: readers see the whole ``data`` or no file; of several concurrent callers
+        (threads, processes, hosts) exactly one gets ``True``.
+        """
+        if not self._local:
+            return self._s3_put(relative, data, IfNoneMatch="*")
+        path = self._path(relative)
+        self._fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with self._local_temp(path, data) as temp:
+            try:
+                os.link(temp, path)  # fails if ``path`` exists, unlike a rename
+            except FileExistsError:
+                return False
+        return True
+
+    def read_versioned(self, relative: str) -> Versioned | None:
+        """``relative``'s bytes and version, or ``None`` if there is no such file."""
+        if not self._local:
+            bucket, key = self._s3_key(relative)
+            try:
+                answer = _s3_client().get_object(Bucket=bucket, Key=key)
+            except Exception as err:
+                if _s3_code(err) in ("NoSuchKey", "404"):
+                    return None
+                raise
+            return Versioned(answer["Body"].read(), answer["ETag"])
+        try:
+            with open(self._path(relative), "rb") as handle:
+                data = handle.read()
+        except FileNotFoundError:
+            return None
+        return Versioned(data, _digest(data))
+
+    def replace_if_unchanged(self, relative: str, data: bytes, version: str) -> bool:
+        """Replace ``relative`` by ``data`` only if it still holds ``version``: ``True`` if
+        replaced; ``False`` if it changed or vanished. Of several callers given the same
+        version, at most one gets ``True``."""
+        if not self._local:
+            return self._s3_put(relative, data, IfMatch=version)
+        path = self._path(relative)
+        with self._sidecar_lock(path):
+            if _local_version(path) != version:
+                return False
+            with self._local_temp(path, data) as temp:
+                os.replace(temp, path)
+        return True
+
+    def delete_if_unchanged(self, relative: str, version: str) -> bool:
+        """Delete ``relative`` only if it still holds ``version``: ``True`` if deleted."""
+        if not self._local:
+            bucket, key = self._s3_key(relative)
+            try:
+                _s3_client().delete_object(Bucket=bucket, Key=key, IfMatch=version)
+            except Exception as err:
+                code = _s3_code(err)
+                if code in ("PreconditionFailed", "NoSuchKey", "404", "412"):
+                    return False
+                if code != "NotImplemented":
+                    raise
+                # A server without conditional deletes: the caller has just read ``version``,
+                # so an unconditional delete leaves only that short window unguarded.
+                _s3_client().delete_object(Bucket=bucket, Key=key)
+            return True
+        path = self._path(relative)
+        with self._sidecar_lock(path):
+            if _local_version(path) != version:
+                return False
+            os.remove(path)
+        return True
+
+    @contextlib.contextmanager
+    def _local_temp(self, path: str, data: bytes) -> Iterator[str]:
+        """A complete, synced temporary file beside ``path`` holding ``data``; removed after."""
+        parent, name = path.rsplit("/", 1)
+        temp = f"{parent}/.tmp-{uuid.uuid4().hex}-{name}"
+        try:
+            with open(temp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            yield temp
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(temp)
+
+    @contextlib.contextmanager
+    def _sidecar_lock(self, path: str) -> Iterator[None]:
+        """An exclusive lock on ``.<name>.lock`` beside ``path`` (threads and processes).
+
+        The sidecar is never deleted: removing a lock file that another process holds open
+        would let a third lock a new file of the same name.
+        """
+        parent, name = path.rsplit("/", 1)
+        with open(f"{parent}/.{name}.lock", "ab") as handle:
+            if sys.platform == "win32":
+                import msvcrt
+
+                handle.seek(0)
+                msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)  # retries for 10 s
+                try:
+                    yield
+                finally:
+                    handle.seek(0)
+                    msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def _s3_key(self, relative: str) -> tuple[str, str]:
+        if not self.root.startswith("s3://"):
+            raise ValueError(
+                f"Conditional writes need local disk or s3://, not {self.root!r}: "
+                "write the output to one of those"
+            )
+        bucket, _, key = self._path(relative).partition("/")
+        return bucket, key
+
+    def _s3_put(self, relative: str, data: bytes, **condition: str) -> bool:
+        """A conditional PUT: ``True`` if written, ``False`` if the condition failed."""
+        bucket, key = self._s3_key(relative)
+        for attempt in range(_CONDITIONAL_ATTEMPTS):
+            try:
+                _s3_client().put_object(Bucket=bucket, Key=key, Body=data, **condition)
+                return True
+            except Exception as err:
+                code = _s3_code(err)
+                if code in ("PreconditionFailed", "412", "NoSuchKey", "404"):
+                    return False  # NoSuchKey: an If-Match on a key that was deleted
+                if code != "ConditionalRequestConflict" or attempt + 1 == _CONDITIONAL_ATTEMPTS:
+                    raise
+                time.sleep(READ_BACKOFF.delay(attempt))
+        raise AssertionError("unreachable: the loop returns or raises")
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _local_version(path: str) -> str | None:
+    try:
+        with open(path, "rb") as handle:
+            return _digest(handle.read())
+    except FileNotFoundError:
+        return None
+
+
+_S3_CLIENTS: dict[tuple[int, str | None, str | None], Any] = {}
+_S3_CLIENTS_LOCK = threading.Lock()
+
+
+def _s3_client() -> Any:
+    """A boto3 S3 client configured as :func:`resolve` configures pyarrow, one per process.
+
+    boto3 reads the same credentials; the endpoint (``AWS_ENDPOINT_URL``, else
+    ``AWS_ENDPOINT_URL_S3``) and ``AWS_DEFAULT_REGION`` are passed explicitly, in the order
+    :func:`resolve` reads them, so both clients reach the same server.
+    """
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+    region = os.environ.get("AWS_DEFAULT_REGION") or ("us-east-1" if endpoint else None)
+    cache_key = (os.getpid(), endpoint, region)  # a forked child must not reuse a parent's
+    with _S3_CLIENTS_LOCK:
+        if cache_key not in _S3_CLIENTS:
+            import boto3  # only for conditional writes on S3
+
+            session = boto3.session.Session()  # sessions are not thread-safe: one of our own
+            _S3_CLIENTS[cache_key] = session.client(
+                "s3", endpoint_url=endpoint or None, region_name=region
+            )
+        return _S3_CLIENTS[cache_key]
+
+
+def _s3_code(err: BaseException) -> str | None:
+    """The S3 error code of a botocore ``ClientError`` (``None`` for other errors)."""
+    response = getattr(err, "response", None)
+    if not isinstance(response, dict):
+        return None
+    code = response.get("Error", {}).get("Code")
+    return str(code) if code is not None else None

@@ -34,13 +34,55 @@ def row_hashes(array: pa.Array) -> np.ndarray:
     offsets, data = _string_buffers(array)
     lengths = np.diff(offsets)  # N
     starts = offsets[:-1] - offsets[0]  # N, into data
-    # position of every byte inside its own id, then sum of (byte + 1) * M**position per id
-    positions = np.arange(len(data), dtype=np.int64) - np.repeat(starts, lengths)
-    terms = (data.astype(np.uint64) + np.uint64(1)) * _power_table(int(lengths.max(initial=0)))[
-        positions
-    ]
+    terms = _terms(data, starts, lengths)
     sums = np.add.reduceat(np.append(terms, np.uint64(0)), starts) if len(starts) else terms
     sums = np.where(lengths > 0, sums, np.uint64(0))  # reduceat gives a neighbour for empties
+    return _mix(sums ^ (lengths.astype(np.uint64) * _MULTIPLIER))
+
+
+def prefixes_before(array: pa.Array, marker: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Every prefix of a string id that ``marker`` follows inside the same id.
+
+    Args:
+        array: string ids, no nulls.
+        marker: the bytes after each prefix (``b".png/"``).
+
+    Returns:
+        ``(rows, lengths)``: ``P`` int64 indices into ``array`` and ``P`` int64 byte lengths,
+        one pair per occurrence of ``marker``, in byte order.
+    """
+    offsets, data = _string_buffers(array)
+    starts = offsets[:-1] - offsets[0]  # N, into data
+    ends = offsets[1:] - offsets[0]
+    span = len(data) - len(marker) + 1
+    at = np.flatnonzero(data[: max(span, 0)] == marker[0])  # the first byte, then the rest
+    for k, byte in enumerate(marker[1:], start=1):
+        at = at[data[at + k] == byte]
+    rows = np.searchsorted(starts, at, side="right") - 1  # an empty id shares its start
+    inside = at + len(marker) <= ends[rows]
+    rows, at = rows[inside], at[inside]
+    return rows.astype(np.int64), (at - starts[rows]).astype(np.int64)
+
+
+def prefix_hashes(array: pa.Array, rows: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """:func:`row_hashes` of the first ``lengths[k]`` bytes of string ``array[rows[k]]``,
+    without building those prefixes: the polynomial hash of a prefix is a difference of
+    running sums over the bytes.
+
+    Args:
+        array: string ids, no nulls.
+        rows: ``P`` int64 indices into ``array``.
+        lengths: ``P`` int64 byte lengths, each at most its id's length.
+
+    Returns:
+        ``P`` uint64, equal to ``row_hashes`` of the prefixes as strings.
+    """
+    offsets, data = _string_buffers(array)
+    starts = offsets[:-1] - offsets[0]  # N, into data
+    terms = _terms(data, starts, np.diff(offsets))
+    running = np.concatenate([np.zeros(1, np.uint64), np.cumsum(terms, dtype=np.uint64)])
+    first = starts[rows]
+    sums = running[first + lengths] - running[first]  # wraps mod 2**64, as the sums do
     return _mix(sums ^ (lengths.astype(np.uint64) * _MULTIPLIER))
 
 
@@ -88,6 +130,14 @@ def _string_buffers(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     offsets = offsets[array.offset : array.offset + len(array) + 1].astype(np.int64)
     data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.empty(0)
     return offsets, data[offsets[0] : offsets[-1]].astype(np.uint8, copy=False)
+
+
+def _terms(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``(byte + 1) * M**position`` of every byte, its position counted inside its own id:
+    an id's hash sums its bytes' terms."""
+    positions = np.arange(len(data), dtype=np.int64) - np.repeat(starts, lengths)
+    powers = _power_table(int(lengths.max(initial=0)))
+    return (data.astype(np.uint64) + np.uint64(1)) * powers[positions]  # len(data)
 
 
 def _power_table(length: int) -> np.ndarray:

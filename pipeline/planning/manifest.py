@@ -4,21 +4,33 @@ A manifest is one Parquet file, a folder of them, or a glob, on a local disk, ``
 ``s3://`` (through ``pyarrow.fs``). Required columns: ``image_id`` (unique, non-null string or
 integer) and ``uri``; optional ``width``, ``height``, ``sha256``; other columns pass through.
 Files are taken in sorted order and rows in file order: that order is the plan's.
+
+A relative ``uri`` is taken from the folder of the Parquet file that holds its row (for an
+``s3://`` manifest, that file's prefix), never from the working directory: a manifest and its
+images can move together, and every worker reads the same files wherever it runs. Plans cover
+the ids, not the uris, so resolving them changes no plan.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import os
+import posixpath
+import re
+import shlex
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlparse
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline.errors import InputError
+from pipeline.formats.layout import IMAGE_SUFFIXES
 from pipeline.formats.storage import resolve, retrying
 
 REQUIRED = ("image_id", "uri")
@@ -29,22 +41,12 @@ OPTIONAL_TYPES = {
 }
 BATCH_ROWS = 1 << 16  # rows per streamed batch: bounds memory whatever the manifest's size
 MAX_LISTED = 5
+# A scheme followed by "://" (file, s3, gs, http...), or a Windows drive: not relative.
+_NOT_RELATIVE = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*://|[A-Za-z]:[\\/])")
 
 
 class ManifestError(InputError):
     """The manifest cannot be used; the message names the rows or columns and the fix."""
-
-
-@dataclass(frozen=True, slots=True)
-class ImageRecord:
-    """One manifest row that a worker needs: ``index`` is its COCO image id in the run."""
-
-    index: int
-    image_id: str | int
-    uri: str
-    width: int | None = None
-    height: int | None = None
-    sha256: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +94,14 @@ def open_manifest(location: str) -> Manifest:
     files = tuple(
         ManifestFile(_uri(location, p), rows) for p, (_, rows) in zip(paths, schemas, strict=True)
     )
-    return Manifest(location, files, tuple(schemas[0][0].names), id_kind or "string")
+    manifest = Manifest(location, files, tuple(schemas[0][0].names), id_kind or "string")
+    if not manifest.rows:
+        raise ManifestError(
+            f"Manifest {location} holds no rows: nothing to label. Point --manifest at a "
+            "manifest with images in it (python -m jobs.manifest FOLDER --output M.parquet "
+            "makes one from a folder of images)."
+        )
+    return manifest
 
 
 def validate_schema(schema: pa.Schema, where: str = "manifest") -> None:
@@ -129,6 +138,21 @@ def id_batches(file: ManifestFile) -> Iterator[tuple[int, pa.Array, pa.Array]]:
             row += batch.num_rows
 
 
+def ids_at(manifest: Manifest, rows: np.ndarray) -> Iterator[tuple[int, Any]]:
+    """``(row, image_id)`` of the given rows (sorted manifest row numbers), in row order: one
+    more pass over the files that hold them, with a Python object per given row only."""
+    base = 0
+    for file in manifest.files:
+        lo, hi = np.searchsorted(rows, [base, base + file.rows])
+        if lo < hi:
+            for row, ids, _ in id_batches(file):
+                a, b = np.searchsorted(rows, [base + row, base + row + len(ids)])
+                if a < b:
+                    local = pa.array(rows[a:b] - base - row)
+                    yield from zip(rows[a:b].tolist(), ids.take(local).to_pylist(), strict=True)
+        base += file.rows
+
+
 def read_range(file: str, start: int, count: int) -> pa.Table:
     """Rows ``start .. start + count`` of one manifest file (the columns a worker needs),
     reading only the row groups that hold them."""
@@ -154,14 +178,36 @@ def read_range(file: str, start: int, count: int) -> pa.Table:
 
 
 def first_uris(manifest: Manifest, count: int) -> list[str]:
-    """The ``uri`` of the manifest's first ``count`` rows, in plan order."""
+    """The ``uri`` of the manifest's first ``count`` rows, in plan order, resolved as
+    :func:`row_uri` does."""
     uris: list[str] = []
     for file in manifest.files:
         if len(uris) >= count:
             break
         take = min(count - len(uris), file.rows)
-        uris += read_range(file.uri, 0, take)["uri"].to_pylist()
+        uris += [row_uri(u, file.uri) for u in read_range(file.uri, 0, take)["uri"].to_pylist()]
     return uris
+
+
+def row_uri(uri: str, file: str) -> str:
+    """Where a row's ``uri`` points: a relative one taken from the folder of ``file``.
+
+    Args:
+        uri: the row's ``uri`` value as written in the manifest.
+        file: the manifest file that holds the row (a :class:`ManifestFile` ``uri``: an
+            absolute local path or an ``s3://`` URI).
+
+    Returns:
+        ``uri`` itself when it is an absolute path or has a scheme (``file://``, ``s3://``,
+        ``http(s)://``...); else ``uri`` joined to ``file``'s folder and normalised
+        (``../x.png`` is the folder's sibling).
+    """
+    if os.path.isabs(uri) or _NOT_RELATIVE.match(uri):
+        return uri
+    if "://" in file:  # an object store: keys are "/"-separated whatever the OS
+        scheme, path = file.split("://", 1)
+        return f"{scheme}://{posixpath.normpath(posixpath.join(posixpath.dirname(path), uri))}"
+    return os.path.normpath(os.path.join(os.path.dirname(file), uri))
 
 
 def rows_text(rows: list[int], total: int | None = None) -> str:
@@ -185,21 +231,39 @@ def _parquet_files(fs: pafs.FileSystem, path: str, location: str) -> list[str]:
     if any(ch in path for ch in "*?["):
         base = path[: min(path.index(ch) for ch in "*?[" if ch in path)].rsplit("/", 1)[0] or "/"
         selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
-        files = sorted(i.path for i in fs.get_file_info(selector) if fnmatch.fnmatch(i.path, path))
+        listed = [i.path for i in fs.get_file_info(selector) if fnmatch.fnmatch(i.path, path)]
+        files = sorted(listed)
     else:
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.NotFound:
             raise ManifestError(f"Manifest {location} does not exist.")
         if info.type == pafs.FileType.Directory:
-            selector = pafs.FileSelector(path, recursive=True)
-            files = sorted(
-                i.path for i in fs.get_file_info(selector) if i.path.endswith(".parquet")
-            )
+            listed = [i.path for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))]
+            files = sorted(p for p in listed if p.endswith(".parquet"))
         else:
-            files = [path]
+            listed = files = [path]
+    images = sum(p.lower().endswith(IMAGE_SUFFIXES) for p in listed)
+    if images and not any(p.endswith(".parquet") for p in files):
+        what = (
+            "is an image"
+            if listed == [path]
+            else f"holds {images} image file(s) and no .parquet file"
+        )
+        raise ManifestError(
+            f"Manifest {location} {what}: it is not a manifest.{_make_one(location)}"
+        )
     if not files:
         raise ManifestError(f"Manifest {location} matches no .parquet file.")
     return files
+
+
+def _make_one(location: str) -> str:
+    """The fix for images given where a manifest was expected."""
+    return (
+        " --manifest takes a Parquet manifest that lists the images: make one with "
+        f"`python -m jobs.manifest {shlex.quote(location)} --output M.parquet`, then pass "
+        "--manifest M.parquet."
+    )
 
 
 def _uri(location: str, path: str) -> str:

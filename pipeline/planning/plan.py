@@ -3,8 +3,10 @@
 A shard is a range of rows of one manifest file, ``(file, start, count)``, with ``first_id``
 (the COCO image id of its first row; its rows take the ids that follow) and ``digest`` (of its
 image ids). Planning reads the files' footers and streams the ``image_id`` and ``uri`` columns
-once, in batches: nulls and duplicates are found there (duplicates through 8 bytes a row), and
-the digests computed.
+once, in batches: nulls, empty strings and duplicates are found there (duplicates through 8
+bytes a row), with label maps also ids whose label paths collide (two ids, one file; or one
+id's file another's folder), and the digests computed. Workers resolve a relative ``uri``
+against its manifest file's folder (:func:`pipeline.planning.manifest.row_uri`).
 
 A resumed run plans against the previous plan: its shards are kept where their rows are
 unchanged, the rows no kept shard covers (a manifest that grew) get new shards, and a finished
@@ -20,45 +22,30 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from pipeline.formats.layout import label_file_name, label_name_keys, shard_name
-from pipeline.planning.ids import RangeDigest, digest, is_string, row_hashes
+from pipeline.formats.descriptors import ImageRecord, Shard
+from pipeline.formats.layout import label_file_name, label_name_keys
+from pipeline.planning.ids import (
+    RangeDigest,
+    digest,
+    is_string,
+    prefix_hashes,
+    prefixes_before,
+    row_hashes,
+)
 from pipeline.planning.manifest import (
     MAX_LISTED,
-    ImageRecord,
     Manifest,
     ManifestError,
     id_batches,
+    ids_at,
     read_range,
+    row_uri,
     rows_text,
 )
 
 Range = tuple[str, int, int]  # (file, start, count)
-
-
-@dataclass(frozen=True, slots=True)
-class Shard:
-    """A unit of work: ``count`` rows of ``file`` from ``start``.
-
-    Attributes:
-        index: the shard's number, which names its files.
-        file: the manifest file (a location :func:`pipeline.formats.storage.resolve` reads).
-        start: first row, in the file.
-        count: rows.
-        first_id: COCO image id of the first row; row ``k`` gets ``first_id + k``.
-        digest: sha256 of the rows' image ids (:mod:`pipeline.planning.ids`).
-    """
-
-    index: int
-    file: str
-    start: int
-    count: int
-    first_id: int
-    digest: str
-
-    @property
-    def name(self) -> str:
-        return shard_name(self.index)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,11 +76,12 @@ def plan_shards(
         previous: the plan of an earlier run into the same output, if any.
         finished: indices of its shards that are done.
         label_files: the run writes label maps: ids whose label files would share a name
-            (:func:`pipeline.formats.layout.label_file_name`) are refused too.
+            (:func:`pipeline.formats.layout.label_file_name`), or whose label file would be
+            another id's label folder, are refused too.
 
     Raises:
-        ManifestError: null or repeated ids or uris, ids sharing a label file, or rows that
-            changed under a finished shard.
+        ManifestError: null or empty ids or uris, repeated ids, colliding label paths, or
+            rows that changed under a finished shard.
     """
     if shard_size < 1:
         raise ManifestError(f"shard_size must be >= 1, got {shard_size}.")
@@ -119,6 +107,9 @@ def plan_shards(
 def read_shard(shard: Shard) -> tuple[ImageRecord, ...]:
     """The shard's rows, read by the worker; they must still be the rows that were planned.
 
+    A relative ``uri`` comes back resolved against the shard's manifest file's folder
+    (:func:`pipeline.planning.manifest.row_uri`).
+
     Raises:
         ManifestError: the rows' image ids changed since the run was planned.
     """
@@ -134,7 +125,7 @@ def read_shard(shard: Shard) -> tuple[ImageRecord, ...]:
         ImageRecord(
             shard.first_id + k,
             columns["image_id"][k],
-            columns["uri"][k],
+            row_uri(columns["uri"][k], shard.file),
             columns.get("width", none)[k],
             columns.get("height", none)[k],
             columns.get("sha256", none)[k],
@@ -185,20 +176,17 @@ def _number(
 def _scan(
     manifest: Manifest, ranges: Sequence[Range], validate: bool = True, label_files: bool = False
 ) -> dict[Range, str]:
-    """One streaming pass: the digest of every range; with ``validate``, nulls and duplicates
-    (of ids, and with ``label_files`` of their label file names).
+    """One streaming pass: the digest of every range; with ``validate``, nulls, empty
+    strings and duplicates (of ids, and with ``label_files`` of their label paths).
 
     Memory: one batch of rows, a digest per range, and (validating) 8 bytes a row of hashes
-    (16 with ``label_files``).
+    (16 with ``label_files``, plus 16 a folder named like a label file).
     """
     by_file: dict[str, list[Range]] = defaultdict(list)
     for r in ranges:
         by_file[r[0]].append(r)
     digests: dict[Range, str] = {}
-    hashes: list[np.ndarray] = []
-    label_hashes: list[np.ndarray] = []
-    nulls: dict[str, list[int]] = {"image_id": [], "uri": []}  # the first few rows
-    null_counts = {"image_id": 0, "uri": 0}
+    checks = _Checks(manifest)
     base = 0
     for file in manifest.files:
         if not validate and file.uri not in by_file:
@@ -206,62 +194,118 @@ def _scan(
             continue
         builders = {r: RangeDigest() for r in by_file[file.uri]}
         for row, ids, uris in id_batches(file):
-            for name, column in (("image_id", ids), ("uri", uris)):
-                if column.null_count:
-                    where = np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))
-                    nulls[name] += (base + row + where[:MAX_LISTED]).tolist()
-                    null_counts[name] += column.null_count
+            checks.missing(base + row, ids, uris)
             if validate and not ids.null_count:
-                hashes.append(row_hashes(ids))
-                if label_files and is_string(ids):  # integer ids name distinct files
-                    label_hashes.append(row_hashes(label_name_keys(ids)))
+                checks.add(base + row, ids, label_files)
             for r, builder in builders.items():
                 lo, hi = max(r[1], row), min(r[1] + r[2], row + len(ids))
                 if lo < hi:
                     builder.update(ids.slice(lo - row, hi - lo))
         digests.update({r: b.hexdigest() for r, b in builders.items()})
         base += file.rows
-    for name, null_rows in nulls.items():
-        if null_rows:
-            raise ManifestError(
-                f"{manifest.location}: {name} is null in row(s) "
-                f"{rows_text(null_rows, null_counts[name])}; every row needs one."
-            )
-    if validate and hashes:
-        repeated, rows = _repeats(manifest, np.concatenate(hashes), row_hashes, lambda i: i)
+    checks.refuse_missing()
+    if validate:
+        checks.refuse_repeats()
+    return digests
+
+
+class _Checks:
+    """What one pass over the ids finds, then refused with the rows named."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+        # (column, "null" or "empty") -> the first few rows, and how many rows in all
+        self.rows: dict[tuple[str, str], list[int]] = defaultdict(list)
+        self.counts: dict[tuple[str, str], int] = defaultdict(int)
+        self.hashes: list[np.ndarray] = []  # per row: of the id
+        self.label_hashes: list[np.ndarray] = []  # per row: of its label path's key
+        self.folder_hashes: list[np.ndarray] = []  # per label folder named like a label file
+        self.folder_rows: list[np.ndarray] = []  # the row of each of them
+
+    def missing(self, first: int, ids: pa.Array, uris: pa.Array) -> None:
+        """Note the rows (``first`` is the batch's) whose id or uri is null or ``''``."""
+        for name, column in (("image_id", ids), ("uri", uris)):
+            masks: dict[str, pa.Array] = {}
+            if column.null_count:
+                masks["null"] = column.is_null()
+            if is_string(column):  # a null's length is null: not empty
+                masks["empty ('')"] = pc.fill_null(pc.equal(pc.binary_length(column), 0), False)
+            for kind, mask in masks.items():
+                where = np.flatnonzero(mask.to_numpy(zero_copy_only=False))
+                self.rows[(name, kind)] += (first + where[:MAX_LISTED]).tolist()
+                self.counts[(name, kind)] += len(where)
+
+    def add(self, first: int, ids: pa.Array, label_files: bool) -> None:
+        """Hash a batch of ids (no nulls), and with ``label_files`` their label paths."""
+        self.hashes.append(row_hashes(ids))
+        if label_files and is_string(ids):  # integer ids name distinct files, in no folder
+            keys = label_name_keys(ids)
+            self.label_hashes.append(row_hashes(keys))
+            # labels/x.png is the file of key "x", and a folder of keys "x.png/...": such a
+            # folder's key prefix is the file's key.
+            rows, lengths = prefixes_before(keys, b".png/")
+            if len(rows):  # rare: the running sums cost 8 bytes a byte of the batch's ids
+                self.folder_hashes.append(prefix_hashes(keys, rows, lengths))
+                self.folder_rows.append(first + rows)
+
+    def refuse_missing(self) -> None:
+        for (name, kind), rows in self.rows.items():
+            if rows:
+                shown = rows_text(rows, self.counts[(name, kind)])
+                raise ManifestError(
+                    f"{self.manifest.location}: {name} is {kind} in row(s) {shown}; every row "
+                    f"needs a non-empty {name}."
+                )
+
+    def refuse_repeats(self) -> None:
+        where = self.manifest.location
+        if self.hashes:
+            repeated, rows = _repeats(self.manifest, np.concatenate(self.hashes), lambda i: i)
+            if repeated:
+                raise ManifestError(
+                    f"{where}: {len(repeated)} image_id value(s) repeat, e.g. {repeated} "
+                    f"in rows {rows_text(rows)}; image ids must be unique."
+                )
+        if not self.label_hashes:
+            return
+        label_hashes = np.concatenate(self.label_hashes)
+        repeated, rows = _repeats(self.manifest, label_hashes, label_file_name)
         if repeated:
             raise ManifestError(
-                f"{manifest.location}: {len(repeated)} image_id value(s) repeat, e.g. {repeated} "
-                f"in rows {rows_text(rows)}; image ids must be unique."
-            )
-    if validate and label_hashes:
-        repeated, rows = _repeats(
-            manifest,
-            np.concatenate(label_hashes),
-            lambda ids: row_hashes(label_name_keys(ids)),
-            label_file_name,
-        )
-        if repeated:
-            raise ManifestError(
-                f"{manifest.location}: {len(repeated)} label file name(s) would hold several "
+                f"{where}: {len(repeated)} label file name(s) would hold several "
                 f"images, e.g. labels/{repeated[0]} for rows {rows_text(rows)} (label maps keep "
                 "the id's path with its image suffix swapped for .png, and characters such as "
                 "':' made '_'). Rename those ids, or label without --png-labels."
             )
-    return digests
+        if not self.folder_hashes:
+            return
+        clashes = _file_folder_clashes(
+            self.manifest,
+            label_hashes,
+            np.concatenate(self.folder_hashes),
+            np.concatenate(self.folder_rows),
+        )
+        if clashes:
+            shown = "; ".join(
+                f"labels/{name} is row {f}'s label file (image_id {fid!r}) and a folder of "
+                f"row {d}'s (image_id {did!r})"
+                for name, (f, fid), (d, did) in clashes
+            )
+            raise ManifestError(
+                f"{where}: label paths would be both a file and a folder: {shown}. Label maps "
+                "keep the id's path with its image suffix swapped for .png, so an id's label "
+                "file cannot also be another id's folder. Rename those ids, or label without "
+                "--png-labels."
+            )
 
 
 def _repeats(
-    manifest: Manifest,
-    hashes: np.ndarray,
-    hash_of: Callable[[pa.Array], np.ndarray],
-    key_of: Callable[[Any], Any],
+    manifest: Manifest, hashes: np.ndarray, key_of: Callable[[Any], Any]
 ) -> tuple[list[Any], list[int]]:
     """Keys shared by several rows, found from 64-bit row hashes and confirmed on the keys.
 
     Args:
-        hashes: ``N`` uint64, ``hash_of`` of every row's id, in manifest order.
-        hash_of: ids -> their hashes (the second pass recomputes them, batch by batch).
+        hashes: ``N`` uint64, a hash of every row's key, in manifest order.
         key_of: an id -> its exact key (two rows collide when their keys are equal).
 
     Returns:
@@ -272,15 +316,47 @@ def _repeats(
     if not len(suspects):
         return [], []
     rows_of: dict[Any, list[int]] = defaultdict(list)
-    base = 0
-    for file in manifest.files:  # a second pass, over the few suspect rows only
-        for row, ids, _ in id_batches(file):
-            where = np.flatnonzero(np.isin(hash_of(ids), suspects))
-            for k in where.tolist():
-                rows_of[key_of(ids[k].as_py())].append(base + row + k)
-        base += file.rows
+    for row, image_id in ids_at(manifest, np.flatnonzero(np.isin(hashes, suspects))):
+        rows_of[key_of(image_id)].append(row)
     repeated = [key for key, rows in rows_of.items() if len(rows) > 1][:MAX_LISTED]
     return repeated, sorted(r for key in repeated for r in rows_of[key])
+
+
+Clash = tuple[str, tuple[int, str], tuple[int, str]]  # label path, (row, id) of file, of folder
+
+
+def _file_folder_clashes(
+    manifest: Manifest, label_hashes: np.ndarray, folder_hashes: np.ndarray, folder_rows: np.ndarray
+) -> list[Clash]:
+    """Label files that are also another id's folder, from hashes, confirmed on the names.
+
+    Args:
+        label_hashes: ``N`` uint64, of every row's label key, in manifest order.
+        folder_hashes: ``F`` uint64, of the key prefixes before each ``.png/`` in a key.
+        folder_rows: ``F`` int64, the row of each.
+
+    Returns:
+        Up to ``MAX_LISTED`` clashes, each: the label path, and ``(row, image_id)`` of the
+        file's id and of one id with a folder of that name.
+    """
+    suspect = np.isin(folder_hashes, label_hashes)
+    if not suspect.any():
+        return []
+    files = {
+        label_file_name(image_id): (row, image_id)
+        for row, image_id in ids_at(
+            manifest, np.flatnonzero(np.isin(label_hashes, folder_hashes[suspect]))
+        )
+    }
+    clashes: list[Clash] = []
+    for row, image_id in ids_at(manifest, np.unique(folder_rows[suspect])):
+        parts = label_file_name(image_id).split("/")[:-1]  # a hashed name has no folder
+        for name in ("/".join(parts[: k + 1]) for k in range(len(parts))):
+            if name in files and len(clashes) < MAX_LISTED:
+                clashes.append((name, files[name], (row, image_id)))
+        if len(clashes) == MAX_LISTED:
+            break
+    return clashes
 
 
 def _refuse_changed(shards: Sequence[Shard], manifest: Manifest) -> None:

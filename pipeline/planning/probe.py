@@ -19,7 +19,13 @@ from typing import BinaryIO
 from PIL import ExifTags, Image
 from tqdm import tqdm
 
-from pipeline.formats.images import MAX_PIXELS, ImageDecodeError, ImageFailure, pillow_errors
+from pipeline.formats.images import (
+    MAX_PIXELS,
+    ImageDecodeError,
+    ImageFailure,
+    decode,
+    pillow_errors,
+)
 from pipeline.formats.storage import read_bytes, read_head
 from pipeline.planning.sources import ManifestRow
 
@@ -106,6 +112,9 @@ def image_size(file: BinaryIO) -> tuple[int, int]:
     Raises:
         ImageDecodeError: empty, not an image, or beyond the decompression-bomb limit.
     """
+    if not file.read(1):
+        decode(b"")  # raises the labelling job's own error for an empty file: the two agree
+    file.seek(0)
     try:
         with pillow_errors(), Image.open(file) as image:
             width, height = image.size

@@ -24,28 +24,54 @@ def describe_plan(
     if png_labels:
         per_image += _PNG_BYTES[0] + _PNG_BYTES[1] * h * w
     merged = merge_limit > 0 and plan.images <= merge_limit
-    lines = [
-        f"manifest {manifest.location}: {manifest.rows} images in {len(manifest.files)} file(s)",
-        f"plan: {len(plan.shards)} shards ({plan.kept} kept from the previous plan, {done} done), "
-        f"{plan.images} images",
-        f"output {output}:",
-        f"  {layout.ANNOTATION_TABLES}/shard-NNNNNN.parquet  annotations, one row each",
-        f"  {layout.SUMMARY_TABLES}/shard-NNNNNN.parquet      per image and class",
-        f"  {layout.COCO_SHARDS}/shard-NNNNNN.json            a COCO file per shard",
-        f"  {layout.SHARDS}/shard-NNNNNN.json          markers: counts and failed images",
-        f"  {layout.LEDGER}/                           progress; {layout.RUN}",
+    shard = "shard-NNNNNN"
+    files = [
+        (f"{layout.ANNOTATION_TABLES}/{shard}.parquet", "annotations, one row each"),
+        (f"{layout.SUMMARY_TABLES}/{shard}.parquet", "per image and class"),
+        (f"{layout.COCO_SHARDS}/{shard}.json", "a COCO file per shard"),
+        (f"{layout.SHARDS}/{shard}.json", "markers: counts and failed images"),
+        (f"{layout.LEDGER}/", f"progress; {layout.RUN}"),
     ]
     if png_labels:
-        lines.append(f"  {layout.LABELS}/*.png                       indexed label maps")
-    lines.append(
-        f"  {layout.ANNOTATIONS}, {layout.FAILURES}     "
-        + ("merged at the end" if merged else f"not merged (over --merge-limit {merge_limit})")
+        files.append((f"{layout.LABELS}/*.png", "indexed label maps"))
+    files.append(
+        (
+            f"{layout.ANNOTATIONS}, {layout.FAILURES}",
+            "merged at the end" if merged else f"not merged (over --merge-limit {merge_limit})",
+        )
     )
-    lines.append(
-        f"estimated size: {per_image * plan.images / 1e9:.2f} GB (about {per_image / 1e3:.0f} kB "
-        f"an image of {w}x{h}; rough)"
+    return "\n".join(
+        [
+            f"manifest {manifest.location}: {manifest.rows} images in "
+            f"{len(manifest.files)} file(s)",
+            f"plan: {len(plan.shards)} shards ({plan.kept} kept from the previous plan, "
+            f"{done} done), {plan.images} images",
+            f"output {output}:",
+            *_columns(files, indent="  "),
+            f"estimated size: {human_size(per_image * plan.images)} (about "
+            f"{human_size(per_image)} an image of {w}x{h}; rough)",
+        ]
     )
-    return "\n".join(lines)
+
+
+def human_size(num_bytes: float) -> str:
+    """``num_bytes`` in the largest decimal unit that keeps the number under 1000, with three
+    significant digits: ``512 B``, ``7.52 KB``, ``38.4 MB``, ``123 GB``."""
+    value = float(num_bytes)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if round(value) < 1000 or unit == "TB":
+            break
+        value /= 1000
+    if unit == "B":
+        return f"{value:.0f} B"
+    decimals = 2 if round(value, 2) < 10 else 1 if round(value, 1) < 100 else 0
+    return f"{value:.{decimals}f} {unit}"
+
+
+def _columns(rows: list[tuple[str, str]], indent: str) -> list[str]:
+    """Two-column rows, the second column aligned two spaces past the longest first."""
+    width = max(len(left) for left, _ in rows)
+    return [f"{indent}{left:<{width}}  {right}" for left, right in rows]
 
 
 def _typical_size(manifest: Manifest) -> tuple[int, int]:

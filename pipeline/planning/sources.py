@@ -10,6 +10,9 @@ A SOURCE is read as the first of these that fits:
 
 Folders and patterns keep files whose extension is in :data:`IMAGE_EXTENSIONS` (any case) and
 whose path has no hidden part (``.DS_Store``, ``._a.jpg``, ``.cache/``); the rest are counted.
+A link to a folder is counted and not entered (``ln -s .. up`` would list the tree again
+inside itself, without end); with ``follow_links`` it is entered unless the folder it leads to
+was already listed, so no folder, and no file, is listed twice. Links to files are files.
 
 ``image_id`` is the file's path relative to the folder (or to a pattern's fixed start), with
 ``/`` separators and its extension; a COCO image's ``file_name`` as written; a list line's path
@@ -24,7 +27,7 @@ import collections
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -63,14 +66,19 @@ class ManifestRow:
 class Listing:
     """Every SOURCE's rows, sorted by ``image_id``, and what the folders and patterns skipped.
 
-    ``skipped`` pairs a reason (``".txt"``, ``"no extension"``, ``"hidden"``) with a count.
+    ``skipped`` pairs a reason (``".txt"``, ``"no extension"``, ``"hidden"``) with a count of
+    files; ``links`` counts the links to folders that were not entered (all of them, or with
+    ``follow_links`` those to a folder already listed).
     """
 
     rows: tuple[ManifestRow, ...]
     skipped: tuple[tuple[str, int], ...]
+    links: int = 0
 
 
-def list_sources(sources: Sequence[str], image_root: str | None = None) -> Listing:
+def list_sources(
+    sources: Sequence[str], image_root: str | None = None, follow_links: bool = False
+) -> Listing:
     """List every SOURCE into unique rows sorted by ``image_id``.
 
     Args:
@@ -78,6 +86,8 @@ def list_sources(sources: Sequence[str], image_root: str | None = None) -> Listi
             lists, local or remote (see the module's docstring).
         image_root: the folder that COCO ``file_name`` values are relative to; the COCO
             file's own folder when not given.
+        follow_links: enter links to local folders, each folder once (see the module's
+            docstring); by default they are counted in ``Listing.links`` and not entered.
 
     Raises:
         SourceError: a SOURCE that does not exist or is of no known kind, a malformed COCO
@@ -88,16 +98,26 @@ def list_sources(sources: Sequence[str], image_root: str | None = None) -> Listi
     rows: list[ManifestRow] = []
     skipped: collections.Counter[str] = collections.Counter()
     for source in sources:
-        rows += _list_source(source, image_root, skipped)
+        rows += _list_source(source, image_root, _Walk(follow_links, skipped))
     _check_unique(rows, "image_id")
     _check_unique(rows, "uri")
     rows.sort(key=lambda r: r.image_id)
-    return Listing(tuple(rows), tuple(sorted(skipped.items())))
+    links = skipped.pop(_LINK, 0)
+    return Listing(tuple(rows), tuple(sorted(skipped.items())), links)
 
 
-def _list_source(
-    source: str, image_root: str | None, skipped: collections.Counter[str]
-) -> list[ManifestRow]:
+_LINK = "\0link"  # a key of the skip counter no file suffix can be
+
+
+@dataclass(frozen=True, slots=True)
+class _Walk:
+    """How folders are walked, and the counter of what the walks skip."""
+
+    follow_links: bool
+    skipped: collections.Counter[str]
+
+
+def _list_source(source: str, image_root: str | None, walk: _Walk) -> list[ManifestRow]:
     suffix = _suffix(source)
     if urlsplit(source).scheme.lower() in HTTP_SCHEMES:
         if suffix == ".json" or suffix in LIST_EXTENSIONS:
@@ -111,7 +131,7 @@ def _list_source(
     prefix = "" if isinstance(fs, pafs.LocalFileSystem) else f"{urlsplit(source).scheme}://"
     if kind == pafs.FileType.Directory:
         root = path.rstrip("/") or "/"
-        return _walk(fs, root, prefix, None, source, skipped)
+        return _walk(fs, root, prefix, None, source, walk)
     if kind == pafs.FileType.File:
         if suffix == ".json" or suffix in LIST_EXTENSIONS:
             return _from_file(source, suffix, image_root)
@@ -126,7 +146,7 @@ def _list_source(
         fixed = next(i for i, part in enumerate(parts) if any(ch in part for ch in GLOB_CHARS))
         root = "/".join(parts[:fixed]) or "/"
         pattern = glob_regex("/".join(parts[fixed:]))
-        return _walk(fs, root, prefix, pattern, source, skipped)
+        return _walk(fs, root, prefix, pattern, source, walk)
     raise SourceError(f"SOURCE {source} does not exist (resolved to {path}).")
 
 
@@ -136,25 +156,66 @@ def _walk(
     prefix: str,
     pattern: re.Pattern[str] | None,
     source: str,
-    skipped: collections.Counter[str],
+    walk: _Walk,
 ) -> list[ManifestRow]:
     """The image files under ``root`` (those ``pattern`` matches, if given), ids relative."""
     rows = []
-    selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
-    for info in fs.get_file_info(selector):
-        if info.type != pafs.FileType.File:
-            continue
-        relative = info.path[len(root) :].lstrip("/")
+    if isinstance(fs, pafs.LocalFileSystem):
+        entries = _local_files(root, walk)
+    else:  # object stores have no links
+        selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
+        infos = fs.get_file_info(selector)
+        entries = ((i.path, i.is_file) for i in infos if i.type != pafs.FileType.Directory)
+    for path, is_file in entries:
+        relative = path[len(root) :].lstrip("/")
         if pattern is not None and not pattern.fullmatch(relative):
             continue
         suffix = PurePosixPath(relative).suffix.lower()
         if any(part.startswith(".") for part in relative.split("/")):
-            skipped["hidden"] += 1
+            walk.skipped["hidden"] += 1
+        elif not is_file:
+            walk.skipped["broken link or not a file"] += 1
         elif suffix not in IMAGE_EXTENSIONS:
-            skipped[suffix or "no extension"] += 1
+            walk.skipped[suffix or "no extension"] += 1
         else:
-            rows.append(ManifestRow(relative, prefix + info.path, source))
+            rows.append(ManifestRow(relative, prefix + path, source))
     return rows
+
+
+def _local_files(root: str, walk: _Walk) -> Iterator[tuple[str, bool]]:
+    """``(path, is a file)`` of everything under a local ``root`` but its folders, links to
+    folders entered as ``walk`` says (a link to a file is a file; a broken link is not).
+
+    Every folder is listed once, by its real path: each one not reached through a link
+    first, then those behind links (with ``follow_links``), in name order, so the same tree
+    gives the same paths whatever the order the file system lists it in.
+    """
+    if not os.path.isdir(root):  # a pattern's fixed start that does not exist: no match
+        return
+    seen: set[str] = set()
+    real: list[str] = [root]  # stacks of folders to list: not reached through a link
+    linked: list[str] = []  # reached through one
+    while real or linked:
+        folder = real.pop() if real else linked.pop()
+        key = os.path.realpath(folder)
+        if key in seen:  # reached again through a link: a loop, or a second way in
+            walk.skipped[_LINK] += 1
+            continue
+        seen.add(key)
+        with os.scandir(folder) as scan:
+            entries = sorted(scan, key=lambda e: e.name)
+        below, links = [], []
+        for entry in entries:
+            if not entry.is_dir():
+                yield entry.path, entry.is_file()
+            elif not entry.is_symlink():
+                below.append(entry.path)
+            elif walk.follow_links:
+                links.append(entry.path)
+            else:
+                walk.skipped[_LINK] += 1
+        real += reversed(below)
+        linked += reversed(links)
 
 
 def glob_regex(pattern: str) -> re.Pattern[str]:

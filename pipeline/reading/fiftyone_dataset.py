@@ -66,7 +66,8 @@ from gclip.vocabulary import label_format
 from pipeline.errors import InputError
 from pipeline.formats.coco import annotation_mask, decode_label_map
 from pipeline.formats.layout import summary_table_path
-from pipeline.formats.outputs import finished_shards, read_run
+from pipeline.formats.progress import read_progress
+from pipeline.formats.run_record import RunRecord, RunState, require_run
 from pipeline.formats.shard_files import read_coco, read_marker
 from pipeline.formats.storage import Storage, resolve
 from pipeline.reading.fiftyone_fields import (
@@ -184,16 +185,14 @@ def launch(name: str) -> None:
     session.wait()
 
 
-def _finished_run(storage: Storage, output: str) -> tuple[dict[str, Any], list[int]]:
+def _finished_run(storage: Storage, output: str) -> tuple[RunRecord, list[int]]:
     """run.json and the finished shard indices: a folder without either is refused; a run
     still running (or killed) loads the shards finished so far, with a warning."""
-    run = read_run(storage)
-    if run is None:
-        raise InputError(f"{output} holds no run.json: not a gclip-label output folder.")
-    shards = finished_shards(storage)
+    run = require_run(storage)
+    shards = read_progress(storage).done_shards
     if not shards:
         raise InputError(f"{output} holds no finished shard yet: nothing to load.")
-    if run.get("state") == "running":
+    if run.state == RunState.RUNNING:
         log.warning(
             "%s is still running (or was killed): loading its %d finished shards",
             output,
@@ -234,7 +233,7 @@ def _refuse_existing(fo: Any, name: str, overwrite: bool) -> None:
 
 
 def _context(
-    categories: list[dict[str, Any]], run: dict[str, Any], output: str, media_dir: str | None
+    categories: list[dict[str, Any]], run: RunRecord, output: str, media_dir: str | None
 ) -> _Context:
     names = [c["name"] for c in categories]
     things = frozenset(c["id"] for c in categories if c.get("isthing"))
@@ -292,7 +291,7 @@ def _fill(
         coco = read_coco(storage, index)
         summary = pq.read_table(io.BytesIO(storage.read(summary_table_path(index))))
         stats = image_stats(summary.to_pylist())
-        failures.update(read_marker(storage, index)["failures_by_error"])
+        failures.update(read_marker(storage, index).failures_by_error)
         by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for annotation in coco["annotations"]:
             by_image[annotation["image_id"]].append(annotation)
@@ -376,7 +375,7 @@ def _detections(
 def _describe(
     fo: Any,
     dataset: Any,
-    run: dict[str, Any],
+    run: RunRecord,
     coco: dict[str, Any],
     context: _Context,
     failures: Counter[str],
@@ -387,7 +386,7 @@ def _describe(
     targets = {i: c["name"] for i, c in enumerate(categories)}
     dataset.info = {
         "source": "gclip-label",
-        "run": run,  # run.json: config, settings' sources, fingerprint, counts, timings
+        "run": dict(run),  # run.json: config, settings' sources, fingerprint, counts, timings
         "coco_info": coco["info"],
         "categories": categories,
         "images_failed": failures.total(),

@@ -17,13 +17,21 @@ from pipeline.formats.layout import ANNOTATIONS, COCO_SHARDS
 from pipeline.formats.storage import Storage
 
 
+def folder_of(location: str) -> str:
+    """The folder of ``location``: a run's output folder itself, or the folder of a COCO file
+    (where what is read from it, such as scores, is written)."""
+    if location.endswith(".json"):
+        return posixpath.dirname(location.rstrip("/")) or "."
+    return location
+
+
 class Predictions:
     """The COCO files of a run (or one file), listed once."""
 
     def __init__(self, location: str) -> None:
         if location.endswith(".json"):
-            folder, name = posixpath.split(location.rstrip("/"))
-            self.storage, self.files = Storage(folder or ".", create=False), [name]
+            name = posixpath.basename(location.rstrip("/"))
+            self.storage, self.files = Storage(folder_of(location), create=False), [name]
             return
         self.storage = Storage(location, create=False)
         self.files = self.storage.list(COCO_SHARDS) or [ANNOTATIONS]

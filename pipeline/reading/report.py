@@ -23,6 +23,7 @@ from PIL import Image
 from pipeline.formats.coco import decode_label_map
 from pipeline.formats.images import decode
 from pipeline.formats.layout import REPORT, annotation_table_path
+from pipeline.formats.run_record import RunRecord
 from pipeline.formats.storage import Storage, read_bytes, resolve
 from pipeline.reading.preview import render
 from pipeline.reading.report_data import ClassFigures, ReportData, ReviewCandidate, gather
@@ -185,15 +186,12 @@ def _counts(data: ReportData) -> str:
     )
 
 
-def _settings(run: dict[str, Any], classes: int) -> str:
-    config = run["config"]
-    resolved = run.get("resolved", {})
-    method = resolved.get("method", config["method"])
-    weights = resolved.get("model", {}).get("weights_sha256")
+def _settings(run: RunRecord, classes: int) -> str:
+    config = run.config
     rows = [
         ("model", config["model"]),
-        ("weights", f"{config['pretrained']}" + (f" (sha256 {weights[:12]}…)" if weights else "")),
-        ("method", ", ".join(f"{k}={v}" for k, v in method.items())),
+        ("weights", run.weights or config["pretrained"]),
+        ("method", ", ".join(f"{k}={v}" for k, v in run.method.items())),
         ("vocabulary", f"{classes} classes"),
         ("threshold", config.get("threshold")),
         ("inference", ", ".join(f"{k}={v}" for k, v in config["inference"].items())),

@@ -2,9 +2,9 @@
 
 What is read, and why that way:
 
-* counts per shard come from the ledger (a few requests however many shards); a shard whose
-  marker is in place but whose ledger entry is not yet ``done`` (the ledger trails the markers
-  by a few seconds) is counted from its marker. Only shards with a marker count: their files
+* counts per shard come from :func:`pipeline.formats.progress.read_progress` (the ledger, a
+  few requests however many shards, reconciled with the markers: a shard the ledger does not
+  yet call ``done`` is counted from its marker). Only shards with a marker count: their files
   are complete, so the figures below all describe the same images;
 * failure examples come from the markers of shards with failures, read in order until every
   error type has its few examples;
@@ -30,13 +30,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from gclip.vocabulary import parse_json
-from pipeline.errors import InputError
 from pipeline.formats.coco import categories
-from pipeline.formats.layout import RUN, annotation_table_path, summary_table_path
-from pipeline.formats.outputs import finished_shards, read_run
+from pipeline.formats.layout import annotation_table_path, summary_table_path
+from pipeline.formats.progress import read_progress
+from pipeline.formats.run_record import RunRecord, require_run
 from pipeline.formats.shard_files import read_marker
 from pipeline.formats.storage import Storage, resolve
-from pipeline.running.ledger import DONE, Ledger
 
 ImageId = str | int
 _READ_AHEAD = 8  # shard files in flight while one is aggregated
@@ -119,7 +118,7 @@ class ReportData:
     """
 
     output: str
-    run: dict[str, Any]
+    run: RunRecord
     totals: Totals
     failures_by_error: dict[str, int]
     failure_examples: tuple[Failure, ...]
@@ -141,15 +140,11 @@ def gather(output: str, review: int = 24, examples: int = 3, bins: int = 10) -> 
         InputError: ``output`` holds no ``run.json``.
     """
     storage = Storage(output, create=False)
-    run = read_run(storage)
-    if run is None:
-        raise InputError(
-            f"{output} holds no {RUN}: not a gclip-label output. Give the --output folder of a "
-            "`python -m jobs.label` run."
-        )
+    run = require_run(storage)
     cats = tuple(categories(parse_json(run["vocabulary"])))
-    done = finished_shards(storage)
-    per_shard, planned = _shard_counts(storage, done)
+    progress = read_progress(storage)
+    done = progress.done_shards
+    per_shard = progress.counts_by_shard()
     by_error: Counter[str] = Counter()
     for counts in per_shard.values():
         by_error.update(counts["failures_by_error"])
@@ -161,7 +156,7 @@ def gather(output: str, review: int = 24, examples: int = 3, bins: int = 10) -> 
     pixels = _pixels_per_class(fs, base, done, positions)
     classes = _class_figures(cats, summary, pixels, labelled)
     totals = Totals(
-        shards_planned=max(planned, len(done)),
+        shards_planned=max(len(progress.entries), len(done)),
         shards_done=len(done),
         images_labelled=labelled,
         images_failed=sum(c["images_failed"] for c in per_shard.values()),
@@ -180,31 +175,6 @@ def gather(output: str, review: int = 24, examples: int = 3, bins: int = 10) -> 
     )
 
 
-def _shard_counts(storage: Storage, done: list[int]) -> tuple[dict[int, dict[str, Any]], int]:
-    """Per finished shard: ``images_done``, ``images_failed``, ``annotations``,
-    ``failures_by_error``; and the number of planned shards."""
-    entries = Ledger(storage).read()
-    counts: dict[int, dict[str, Any]] = {}
-    for shard in done:
-        entry = entries.get(shard)
-        if entry is not None and entry.state == DONE:
-            counts[shard] = {
-                "images_done": entry.images_done,
-                "images_failed": entry.images_failed,
-                "annotations": entry.annotations,
-                "failures_by_error": entry.failures_by_error,
-            }
-        else:  # finished after the ledger's last segment: the marker is the truth
-            marker = read_marker(storage, shard)
-            counts[shard] = {
-                "images_done": marker["images"],
-                "images_failed": marker["images_failed"],
-                "annotations": marker["annotations"],
-                "failures_by_error": marker["failures_by_error"],
-            }
-    return counts, len(entries)
-
-
 def _failure_examples(
     storage: Storage, failing: list[int], by_error: Counter[str], per_error: int
 ) -> tuple[Failure, ...]:
@@ -216,7 +186,7 @@ def _failure_examples(
     for shard in failing:
         if all(kept[e] >= n for e, n in wanted.items()):
             break
-        for record in read_marker(storage, shard)["failures"]:
+        for record in read_marker(storage, shard).failures:
             if kept[record["error"]] < per_error:
                 kept[record["error"]] += 1
                 found.append(

@@ -12,10 +12,11 @@ from typing import Any, Protocol
 
 from pipeline.config import RunConfig
 from pipeline.errors import SetupError, describe, plain
-from pipeline.running.executors import Executor, InProcessExecutor, SegmenterFactory
+from pipeline.running.executors import Executor, InProcessExecutor
 from pipeline.running.ray_executor import RayExecutor
 from pipeline.running.recipe import Resolution, SegmenterSpec, resolve_recipe
-from pipeline.running.worker import ShardSettings
+from pipeline.running.stages import ShardSettings
+from pipeline.running.worker import SegmenterFactory
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +93,9 @@ class RayBackend:
             self._factory or spec,
             settings,
             config.output,
-            config.num_workers,
-            shard_timeout_s=config.shard_timeout_s,
-            model_cpus=config.model_cpus,
+            config.execution.num_workers,
+            shard_timeout_s=config.execution.shard_timeout_s,
+            model_cpus=config.execution.model_cpus,
         )
 
     def close(self) -> None:

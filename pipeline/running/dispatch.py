@@ -2,25 +2,41 @@
 
 Each ended attempt updates the shard's ledger entry: ``done``; retried (a lost worker, out of
 memory, a missed deadline) until ``max_attempts``; ``failed`` with its traceback when our code
-raised; given back when it never started. A worker that cannot build its model ends the run.
+raised; given back when it never started. The final attempt of a shard whose worker was lost
+labels one image per call: if the worker is lost again, the image it was on is recorded as
+failed and the shard goes on without it, so one image that kills its worker fails alone. A
+worker that cannot build its model, or an output out of space, ends the run.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter, deque
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from tqdm import tqdm
 
-from pipeline.errors import SetupError, plain
-from pipeline.planning.plan import Shard
-from pipeline.running.executors import DONE as ENDED_DONE
-from pipeline.running.executors import ERROR, INTERRUPTED, RETRYABLE, SETUP, Executor, Outcome
-from pipeline.running.ledger import DONE, FAILED, PENDING, Ledger, ShardEntry
-from pipeline.running.worker import ShardTask
+from pipeline.errors import DiskFullError, SetupError, plain
+from pipeline.formats.descriptors import Shard
+from pipeline.formats.ledger import Ledger, ShardEntry, ShardState
+from pipeline.running.executors import Executor, Outcome, OutcomeKind
+from pipeline.running.stages import ShardTask
 
 log = logging.getLogger(__name__)
+
+WORKER_LOST = "WorkerLost"  # the failure record's ``error`` for an image that lost its worker
+
+
+@dataclass(slots=True)
+class _Shards:
+    """The dispatch loop's own state, beside the ledger's entries."""
+
+    todo: dict[int, Shard]
+    work: dict[int, int]  # images each shard's attempt labels (all, or the failed ones)
+    excluded: dict[int, list[tuple[Any, str, str]]] = field(default_factory=dict)
+    isolated: set[int] = field(default_factory=set)  # in flight, one image per call
+    queue: deque[Shard] = field(default_factory=deque)
 
 
 def dispatch(
@@ -44,54 +60,111 @@ def dispatch(
 
     Raises:
         SetupError: a worker could not build its model; the run must end.
+        DiskFullError: the output ran out of space; the shards in flight stay pending.
     """
     entries = ledger.entries
-    by_index = {s.index: s for s in todo}
-    work = {
-        s.index: entries[s.index].images_failed if s.index in retried else s.count for s in todo
-    }
-    queue = deque(todo)
+    state = _Shards(
+        todo={s.index: s for s in todo},
+        work={
+            s.index: entries[s.index].images_failed if s.index in retried else s.count for s in todo
+        },
+        queue=deque(todo),
+    )
     in_flight = 0
     failures = 0
+    finished = 0  # images of shards that ended
     retries: Counter[str] = Counter()
-    with tqdm(total=sum(work.values()), unit="img", desc="labelling", dynamic_ncols=True) as bar:
-        while queue or in_flight:
-            while queue and in_flight < executor.capacity:
-                shard = queue.popleft()
-                entry = entries[shard.index] = replace(
-                    entries[shard.index], attempts=entries[shard.index].attempts + 1
-                )
-                final = entry.attempts >= max_attempts
-                executor.submit(ShardTask(shard, entry.attempts, final, shard.index in retried))
+    disk_full: Outcome | None = None
+    with tqdm(
+        total=sum(state.work.values()), unit="img", desc="labelling", dynamic_ncols=True
+    ) as bar:
+        while (state.queue and disk_full is None) or in_flight:
+            while state.queue and disk_full is None and in_flight < executor.capacity:
+                task = _next_task(state, entries, max_attempts, retried)
+                if task.isolate:
+                    state.isolated.add(task.shard.index)
+                executor.submit(task)
                 in_flight += 1
             for outcome in executor.wait():
                 in_flight -= 1
-                entry = _after_attempt(outcome, entries[outcome.shard], ledger, max_attempts)
-                entries[outcome.shard] = entry
-                if outcome.kind in RETRYABLE:
-                    retries[outcome.kind] += 1
-                if entry.state == DONE:
-                    failures += entry.images_failed
-                    bar.update(work[outcome.shard])
-                    bar.set_postfix(failed_images=failures, refresh=False)
-                elif entry.state == PENDING:
-                    queue.append(by_index[outcome.shard])
+                entry = entries[outcome.shard]
+                culprit = _culprit(outcome, state)
+                state.isolated.discard(outcome.shard)
+                if culprit is not None:
+                    entry = ledger.write(_exclude(outcome, entry, culprit, state))
                 else:
-                    bar.update(work[outcome.shard])
+                    entry = _after_attempt(outcome, entry, ledger, max_attempts)
+                entries[outcome.shard] = entry
+                if outcome.kind.retryable or outcome.kind == OutcomeKind.DISK_FULL:
+                    retries[outcome.kind] += 1
+                if outcome.kind == OutcomeKind.DISK_FULL:
+                    disk_full = disk_full or outcome
+                elif entry.state == ShardState.PENDING:
+                    state.queue.append(state.todo[outcome.shard])
+                else:
+                    finished += state.work[outcome.shard]
+                    failures += entry.images_failed
+                    bar.set_postfix(failed_images=failures, refresh=False)
+            bar.n = min(bar.total, finished + executor.images_in_flight())
+            bar.refresh()
+    if disk_full is not None:
+        raise DiskFullError(disk_full.error or "no space left on the output")
     return dict(retries)
+
+
+def _next_task(
+    state: _Shards, entries: dict[int, ShardEntry], max_attempts: int, retried: set[int]
+) -> ShardTask:
+    """The next queued shard's attempt, counted in its entry."""
+    shard = state.queue.popleft()
+    entry = entries[shard.index] = replace(
+        entries[shard.index], attempts=entries[shard.index].attempts + 1
+    )
+    final = entry.attempts >= max_attempts
+    lost = entry.retries.get(OutcomeKind.DIED, 0) + entry.retries.get(OutcomeKind.OOM, 0)
+    return ShardTask(
+        shard,
+        entry.attempts,
+        final,
+        shard.index in retried,
+        isolate=final and lost > 0,
+        excluded=tuple(state.excluded.get(shard.index, ())),
+    )
+
+
+def _culprit(outcome: Outcome, state: _Shards) -> Any | None:
+    """The image an isolated attempt was labelling when its worker was lost, if it is known."""
+    lost = outcome.kind in (OutcomeKind.DIED, OutcomeKind.OOM)
+    if lost and outcome.shard in state.isolated and len(outcome.in_progress) == 1:
+        return outcome.in_progress[0]
+    return None
+
+
+def _exclude(outcome: Outcome, entry: ShardEntry, image_id: Any, state: _Shards) -> ShardEntry:
+    """Record ``image_id`` as failed in the shard's next attempts, which go on without it;
+    the attempt is given back (each culprit costs an attempt of its own, not the shard's)."""
+    message = (
+        f"the worker labelling this image alone was lost ({outcome.error}); the image may need "
+        "more memory than a worker has (see --max-image-pixels and inference max_long_side)"
+    )
+    state.excluded.setdefault(outcome.shard, []).append((image_id, WORKER_LOST, message))
+    log.warning("shard %d: image %r lost its worker; recorded as failed", entry.shard, image_id)
+    retries = {**entry.retries, outcome.kind: entry.retries.get(outcome.kind, 0) + 1}
+    return replace(entry, state=ShardState.PENDING, attempts=entry.attempts - 1, retries=retries)
 
 
 def _after_attempt(
     outcome: Outcome, entry: ShardEntry, ledger: Ledger, max_attempts: int
 ) -> ShardEntry:
     """The ledger's new entry for a shard after one attempt ended."""
-    if outcome.kind == ENDED_DONE:
+    kind = outcome.kind
+    if kind == OutcomeKind.DONE:
         assert outcome.result is not None
         r = outcome.result
         return ledger.write(
             replace(
                 entry,
-                state=DONE,
+                state=ShardState.DONE,
                 images_done=r.images_done,
                 images_failed=r.images_failed,
                 annotations=r.annotations,
@@ -102,41 +175,55 @@ def _after_attempt(
                 traceback=None,
             )
         )
-    if outcome.kind == INTERRUPTED:  # it never ran: the attempt is given back
-        return replace(entry, state=PENDING, attempts=entry.attempts - 1)
-    if outcome.kind == SETUP:
+    if kind == OutcomeKind.INTERRUPTED:  # it never ran: the attempt is given back
+        return replace(entry, state=ShardState.PENDING, attempts=entry.attempts - 1)
+    if kind == OutcomeKind.DISK_FULL:  # a resource, not the shard's fault: left for the resume
+        retries = {**entry.retries, kind: entry.retries.get(kind, 0) + 1}
+        return ledger.write(
+            replace(
+                entry,
+                state=ShardState.PENDING,
+                attempts=entry.attempts - 1,
+                retries=retries,
+                error=outcome.error,
+            )
+        )
+    if kind == OutcomeKind.SETUP:
         ledger.write(
             replace(
                 entry,
-                state=PENDING,
+                state=ShardState.PENDING,
                 error=f"worker setup failed: {outcome.error}",
                 traceback=outcome.traceback,
             )
         )
         raise SetupError(outcome.error or "worker setup failed", outcome.traceback)
-    if outcome.kind in RETRYABLE:
-        retries = {**entry.retries, outcome.kind: entry.retries.get(outcome.kind, 0) + 1}
+    if kind.retryable:
+        retries = {**entry.retries, kind: entry.retries.get(kind, 0) + 1}
         entry = replace(entry, retries=retries, error=outcome.error)
         if entry.attempts < max_attempts:
             log.warning(
                 "%s on shard %d (attempt %d/%d): %s; retrying",
-                outcome.kind,
+                kind,
                 entry.shard,
                 entry.attempts,
                 max_attempts,
                 outcome.error,
             )
-            return ledger.write(replace(entry, state=PENDING))
+            return ledger.write(replace(entry, state=ShardState.PENDING))
         message = (
             f"gave up after {entry.attempts} attempts ({_causes(retries)}); last: {outcome.error}"
         )
     else:
-        assert outcome.kind == ERROR, outcome.kind
+        assert kind == OutcomeKind.ERROR, kind
         message = outcome.error or "unknown error"
     log.error("shard %d failed: %s", entry.shard, message)
     return ledger.write(
         replace(
-            entry, state=FAILED, error=message, traceback=plain(outcome.traceback or "") or None
+            entry,
+            state=ShardState.FAILED,
+            error=message,
+            traceback=plain(outcome.traceback or "") or None,
         )
     )
 

@@ -1,12 +1,18 @@
 """Shards on Ray: model actors fed by host tasks, with deadlines, retries and setup checks.
 
-Each attempt is a chain (see :mod:`pipeline.running.executors`): a host task decodes, the
-shard's model actor segments, a host task encodes and writes. Only this module (with
-:mod:`pipeline.running.ray_session` and :mod:`pipeline.running.backends`) touches Ray.
+Each attempt is a chain: a host task reads and decodes (:func:`decode_stage`), the shard's
+model actor (:class:`pipeline.running.worker.LabelWorker`) segments, a host task encodes and
+writes (:func:`encode_stage`). Ray passes each stage's output to the next through its object
+store, and the model actor never waits on a decode it could have had ready: host tasks run on
+the CPUs the actors leave. The actors tell a small progress actor which images they are on,
+for progress within shards and to name the image in progress when a worker is lost. Only this
+module (with :mod:`pipeline.running.ray_session` and :mod:`pipeline.running.backends`)
+touches Ray.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import deque
@@ -14,23 +20,59 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.errors import SetupError, describe, is_out_of_memory, plain
-from pipeline.running.executors import (
-    DIED,
-    DONE,
-    ERROR,
-    INTERRUPTED,
-    OOM,
-    SETUP,
-    TIMEOUT,
-    LabelWorker,
-    Outcome,
-    SegmenterFactory,
-    decode_stage,
-    encode_stage,
+from pipeline.formats.storage import Storage
+from pipeline.running.executors import Outcome, OutcomeKind, failure_kind
+from pipeline.running.stages import (
+    DecodedShard,
+    SegmentedShard,
+    ShardResult,
+    ShardSettings,
+    ShardTask,
+    decode_shard,
+    encode_shard,
 )
-from pipeline.running.worker import ShardSettings, ShardTask
+from pipeline.running.worker import LabelWorker, SegmenterFactory
 
 log = logging.getLogger(__name__)
+
+POLL_S = 1.0  # the longest wait() blocks, so the driver's progress bar moves within shards
+
+
+def decode_stage(task: ShardTask, settings: ShardSettings, output: str) -> DecodedShard:
+    """The first stage as a host task."""
+    return decode_shard(task, settings, Storage(output))
+
+
+def encode_stage(segmented: SegmentedShard, settings: ShardSettings, output: str) -> ShardResult:
+    """The last stage as a host task."""
+    return encode_shard(segmented, settings, Storage(output))
+
+
+class ProgressBoard:
+    """A Ray actor holding, per shard in flight, the images labelled so far and the ids of
+    those being labelled now (what :class:`pipeline.running.stages.ProgressHook` is told)."""
+
+    def __init__(self) -> None:
+        self._shards: dict[int, tuple[int, tuple[Any, ...]]] = {}
+
+    def note(self, shard: int, labelled: int, in_progress: tuple[Any, ...]) -> None:
+        self._shards[shard] = (labelled, in_progress)
+
+    def read(self) -> dict[int, tuple[int, tuple[Any, ...]]]:
+        return dict(self._shards)
+
+    def forget(self, shard: int) -> None:
+        self._shards.pop(shard, None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Notify:
+    """The model actors' progress hook: a fire-and-forget note to the board."""
+
+    board: Any
+
+    def __call__(self, shard: int, labelled: int, in_progress: tuple[Any, ...]) -> None:
+        self.board.note.remote(shard, labelled, in_progress)
 
 
 @dataclass(slots=True)
@@ -97,8 +139,11 @@ class RayExecutor:
         resources = ray.cluster_resources()
         num_workers = num_workers or max(1, int(resources.get("GPU", 0)))
         options = _actor_options(resources, num_workers, model_cpus)
+        self._board: Any = ray.remote(num_cpus=0)(ProgressBoard).remote()
+        self._progress: dict[int, tuple[int, tuple[Any, ...]]] = {}
+        self._progress_read = 0.0
         self._actor_class = ray.remote(LabelWorker).options(**options)
-        self._actor_args = (factory, settings, output)
+        self._actor_args = (factory, settings, output, _Notify(self._board))
         self._slots = [
             _Slot(self._actor_class.remote(*self._actor_args)) for _ in range(num_workers)
         ]
@@ -110,7 +155,7 @@ class RayExecutor:
         self._decode = ray.remote(num_cpus=host_cpus)(decode_stage)
         self._encode = ray.remote(num_cpus=host_cpus)(encode_stage)
         log.info(
-            "started %d model actors (%s); host tasks hold %d CPU each",
+            "building %d model workers (%s), each loading the model; host tasks hold %d CPU each",
             num_workers,
             options,
             host_cpus,
@@ -138,19 +183,32 @@ class RayExecutor:
         refs.update({slot.setup_ref: slot for slot in self._slots if not slot.ready})
         if not refs:
             return []
-        ready, _ = self._ray.wait(list(refs), num_returns=1, timeout=self._next_deadline())
+        deadline = self._next_deadline()
+        timeout = POLL_S if deadline is None else min(deadline, POLL_S)
+        ready, _ = self._ray.wait(list(refs), num_returns=1, timeout=timeout)
         if not ready:
-            return self._expire()
+            return self._expire() if deadline is not None and deadline <= timeout else []
         slot = refs[ready[0]]
         if ready[0] is slot.setup_ref:
             self._setup_ended(slot)
             return []
         return self._attempt_ended(slot, ready[0])
 
+    def images_in_flight(self) -> int:
+        """Images labelled so far by the attempts in flight (the board, read once a second)."""
+        now = time.monotonic()
+        if now - self._progress_read >= POLL_S:
+            self._progress_read = now
+            with contextlib.suppress(self._ray.exceptions.RayError):  # progress is advisory
+                self._progress = self._ray.get(self._board.read.remote(), timeout=POLL_S)
+        flying = {a.task.shard.index for slot in self._slots for a in slot.attempts}
+        return sum(n for shard, (n, _) in self._progress.items() if shard in flying)
+
     def shutdown(self) -> None:
         for slot in self._slots:
             self._ray.kill(slot.actor)
             slot.attempts.clear()
+        self._ray.kill(self._board)
 
     # ---- setup --------------------------------------------------------------------------
 
@@ -159,6 +217,8 @@ class RayExecutor:
         try:
             self._ray.get(slot.setup_ref)
             slot.setup_ref = None
+            ready = sum(s.ready for s in self._slots)
+            log.info("model worker ready (%d of %d)", ready, len(self._slots))
             return
         except exceptions.RayTaskError as err:
             cause = getattr(err, "cause", None) or err
@@ -184,6 +244,7 @@ class RayExecutor:
         attempt = next(a for a in slot.attempts if a.ref is ref)
         outcome, lost = self._outcome(attempt.task, ref)
         if not lost:
+            self._board.forget.remote(attempt.task.shard.index)
             slot.attempts.remove(attempt)
             if slot.attempts and slot.attempts[0].started is None:
                 slot.attempts[0].started = time.monotonic()
@@ -191,7 +252,14 @@ class RayExecutor:
         # The actor died: every attempt on it failed at once. The one running is the cause;
         # those queued behind never started.
         head = slot.attempts[0]
-        ended = [Outcome(head.task.shard.index, outcome.kind, error=outcome.error)]
+        in_progress = self._in_progress(head.task.shard.index)
+        for queued in slot.attempts:
+            self._board.forget.remote(queued.task.shard.index)
+        ended = [
+            Outcome(
+                head.task.shard.index, outcome.kind, error=outcome.error, in_progress=in_progress
+            )
+        ]
         ended += [_interrupted(a) for a in list(slot.attempts)[1:]]
         slot.attempts.clear()
         self._recover(slot)
@@ -212,18 +280,29 @@ class RayExecutor:
         )
         index = task.shard.index
         try:
-            return Outcome(index, DONE, result=self._ray.get(ref)), False
+            return Outcome(index, OutcomeKind.DONE, result=self._ray.get(ref)), False
         except exceptions.RayError as err:
             cause = getattr(err, "cause", None) or err
             if isinstance(err, lost_types) or isinstance(cause, lost_types):
-                kind = OOM if is_out_of_memory(err) else DIED
+                kind = OutcomeKind.OOM if is_out_of_memory(err) else OutcomeKind.DIED
                 return Outcome(index, kind, error=_first_line(cause)), True
             if not isinstance(err, exceptions.RayTaskError):
                 raise
             if isinstance(cause, SetupError):
-                return Outcome(index, SETUP, error=cause.cause, traceback=cause.traceback), False
-            kind = OOM if is_out_of_memory(cause) else ERROR
+                setup = Outcome(
+                    index, OutcomeKind.SETUP, error=cause.cause, traceback=cause.traceback
+                )
+                return setup, False
+            kind = failure_kind(cause)
             return Outcome(index, kind, error=describe(cause), traceback=plain(str(err))), False
+
+    def _in_progress(self, shard: int) -> tuple[Any, ...]:
+        """The ids the board last heard a shard's worker was labelling (maybe none)."""
+        try:
+            board = self._ray.get(self._board.read.remote(), timeout=10)
+        except self._ray.exceptions.RayError:
+            return ()
+        return tuple(board.get(shard, (0, ()))[1])
 
     def _next_deadline(self) -> float | None:
         """Seconds until the earliest running attempt or pending setup is overdue."""
@@ -266,7 +345,7 @@ class RayExecutor:
                 f"TimeoutError: the attempt ran past its {self._shard_timeout_s:.0f} s deadline "
                 "(--shard-timeout); its worker was restarted"
             )
-            ended.append(Outcome(head.task.shard.index, TIMEOUT, error=message))
+            ended.append(Outcome(head.task.shard.index, OutcomeKind.TIMEOUT, error=message))
             ended += [_interrupted(a) for a in list(slot.attempts)[1:]]
             slot.attempts.clear()
             self._recover(slot)
@@ -322,7 +401,7 @@ def _actor_options(
 def _interrupted(attempt: _Attempt) -> Outcome:
     return Outcome(
         attempt.task.shard.index,
-        INTERRUPTED,
+        OutcomeKind.INTERRUPTED,
         error="interrupted: queued on a worker that was lost or restarted",
     )
 

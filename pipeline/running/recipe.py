@@ -9,6 +9,7 @@ builds the same :class:`SegmenterSpec`, which holds nothing left to decide.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gclip import MethodConfig
@@ -93,14 +94,23 @@ def resolve_recipe(spec: SegmenterSpec, calibration_uris: tuple[str, ...], side:
         sources["method.global_blocks"] = "calibration"
         if spec.method.cs_start_block is None:
             sources["method.cs_start_block"] = "calibration"
+    digest = file_digest(loaded.weights_file) if loaded.weights_file else None
     facts: dict[str, Any] = {
         "depth": segmenter.depth,
         "patch_size": segmenter.patch_size,
-        "weights_sha256": file_digest(loaded.weights_file) if loaded.weights_file else None,
+        "weights": _weights_used(loaded.weights_file, digest, loaded.seed),
+        "weights_sha256": digest,
         "random_seed": loaded.seed,
     }
     resolved = SegmenterSpec(spec.model, spec.pretrained, segmenter.method, spec.device)
     return Resolution(resolved, facts, sources)
+
+
+def _weights_used(weights_file: str | None, digest: str | None, seed: int | None) -> str:
+    """What the run records as its weights: the file's name and digest, or the random seed."""
+    if weights_file and digest:
+        return f"{Path(weights_file).name} (sha256 {digest[:12]})"
+    return f"random weights (seed {seed})" if seed is not None else "unknown"
 
 
 def _calibration_batch(segmenter: gclip.Segmenter, uris: tuple[str, ...], side: int) -> Any:

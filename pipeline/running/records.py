@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import traceback
-from collections import Counter
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,7 +11,6 @@ from gclip.config import to_json
 from pipeline.config import RunConfig
 from pipeline.errors import SetupError, plain
 from pipeline.formats.layout import FORMAT_VERSION
-from pipeline.running.ledger import DONE, FAILED, ShardEntry
 from pipeline.running.recipe import Resolution
 
 
@@ -21,44 +18,25 @@ def coco_info(
     config: RunConfig, vocabulary: gclip.Vocabulary, resolution: Resolution, fingerprint: str
 ) -> dict[str, Any]:
     """The COCO ``info`` record: model, weights, method as resolved, settings, vocabulary."""
+    labelling = config.labelling
     return {
         "description": "gclip-label pseudo-labels",
         "version": "0.1.0",
         "format_version": FORMAT_VERSION,
-        "model": config.model,
-        "pretrained": config.pretrained,
+        "model": labelling.model,
+        "pretrained": labelling.pretrained,
         "weights_sha256": resolution.model.get("weights_sha256"),
-        "method": config.method.name,
+        "method": labelling.method.name,
         "method_options": to_json(resolution.spec.method),
-        "inference": to_json(config.inference),
+        "inference": to_json(labelling.inference),
         "vocabulary_sha256": vocabulary.fingerprint,
         "thresholds": {
             c.name: t for c, t in zip(vocabulary.classes, vocabulary.thresholds, strict=True)
         },
         # Instances split thing classes into components of at least this many pixels.
-        "min_instance_area": config.min_instance_area,
+        "min_instance_area": labelling.min_instance_area,
         "fingerprint": fingerprint,
     }
-
-
-def counts(entries: Iterable[ShardEntry]) -> dict[str, Any]:
-    """The run's counts, summed over the ledger's entries (no shard file is read)."""
-    totals: dict[str, Any] = dict.fromkeys(
-        ("shards", "shards_done", "shards_failed", "images_labelled", "images_failed"), 0
-    )
-    totals["annotations"] = 0
-    by_error: Counter[str] = Counter()
-    for entry in entries:
-        totals["shards"] += 1
-        totals["shards_failed"] += entry.state == FAILED
-        if entry.state == DONE:
-            totals["shards_done"] += 1
-            totals["images_labelled"] += entry.images_done
-            totals["images_failed"] += entry.images_failed
-            totals["annotations"] += entry.annotations
-            by_error.update(entry.failures_by_error)
-    totals["failures_by_error"] = dict(by_error.most_common())
-    return totals
 
 
 def run_record(

@@ -16,15 +16,17 @@ from typing import Any
 
 from gclip import parse_text
 from gclip.catalog import is_remote
-from pipeline.benchmarks.datasets import layout
-from pipeline.benchmarks.presets import Preset, preset, published
-from pipeline.benchmarks.scoring import benchmark_record, score_split, write_results
 from pipeline.config import load_run_config
 from pipeline.errors import InputError
-from pipeline.formats.outputs import read_run
+from pipeline.formats.checkpoints import shipped_settings
+from pipeline.formats.run_record import require_run
 from pipeline.formats.storage import Storage
 from pipeline.planning.manifest_writer import write_manifest
 from pipeline.planning.sources import ManifestRow
+from pipeline.reading.evaluation import Evaluation
+from pipeline.reproduction.datasets import layout
+from pipeline.reproduction.presets import Preset, preset, published
+from pipeline.reproduction.scoring import benchmark_context, score_split, write_results
 from pipeline.running.backends import Backend
 from pipeline.running.coordinator import RunSummary, execute, prepare_run
 
@@ -37,7 +39,7 @@ class BenchmarkSpec:
     """What to benchmark.
 
     Attributes:
-        dataset: the benchmark's name (:data:`pipeline.benchmarks.presets.DATASETS`).
+        dataset: the benchmark's name (:data:`pipeline.reproduction.presets.DATASETS`).
         root: the folder the dataset unpacks to, or its mmseg data root.
         output: where the run, its label maps and the scores go.
         protocol: whose evaluation configs set the preset.
@@ -56,12 +58,25 @@ class BenchmarkSpec:
 
 @dataclass(frozen=True, slots=True)
 class BenchmarkResult:
+    """A benchmark's outcome.
+
+    Attributes:
+        record: ``benchmark.json`` as written.
+        markdown: ``benchmark.md`` as written.
+        scores: the split's scores.
+        labelling: the labelling job's summary.
+    """
+
     record: dict[str, Any]
+    markdown: str
+    scores: Evaluation
     labelling: RunSummary
 
 
 def run_benchmark(spec: BenchmarkSpec, backend: Backend) -> BenchmarkResult:
     """List the split, label it through the job, score it; write ``benchmark.json``/``.md``.
+
+    An image the job failed on has no label map: it is scored as missed (every pixel wrong).
 
     Raises:
         InputError: the dataset, its layout or a setting is wrong (nothing labelled yet).
@@ -78,17 +93,16 @@ def run_benchmark(spec: BenchmarkSpec, backend: Backend) -> BenchmarkResult:
     rows = [ManifestRow(s.image_id, s.image, spec.dataset) for s in samples]
     write_manifest(rows, storage.uri(MANIFEST))
     storage.write_atomic(VOCABULARY, json.dumps(_vocabulary(chosen)).encode())
-    config = load_run_config(_preset_layer(chosen, storage), spec.overrides or {})
+    config = load_run_config(_preset_layer(chosen, storage), spec.overrides or {}, shipped_settings)
     summary = execute(prepare_run(config), backend)
     log.info("%d images labelled, %d failed", summary.images_labelled, summary.images_failed)
     names = class_names(chosen)
-    split = score_split(spec.output, samples, dataset.truth, names)
-    run = read_run(storage)
-    assert run is not None  # execute() wrote it
-    method = run["config"]["method"]["name"]
-    record = benchmark_record(split, chosen, run, published(method, spec.dataset), spec.limit)
-    write_results(spec.output, record)
-    return BenchmarkResult(record, summary)
+    scores = score_split(spec.output, samples, dataset.truth, names)
+    recorded = require_run(storage).config  # as execute() recorded it
+    method = recorded["method"]["name"]
+    context = benchmark_context(chosen, recorded, published(method, spec.dataset), spec.limit)
+    record, markdown = write_results(spec.output, scores, context)
+    return BenchmarkResult(record, markdown, scores, summary)
 
 
 def class_names(chosen: Preset) -> list[str]:

@@ -9,28 +9,45 @@ ends, and every ``segments_per_state`` segments.
 
 Only the coordinator writes here, and a shard's outputs are complete before the ledger hears
 of them: entries lost with an unflushed segment are recovered on resume from the shards'
-marker files, so a crash never loses or repeats finished work.
+marker files, so a crash never loses or repeats finished work. For the same reason a damaged
+ledger file (a truncated state, a garbage segment) loses nothing that matters: readers skip it
+and name it (:attr:`Ledger.damaged`), and the driver moves it aside to ``damaged/ledger/``
+before it resumes, the markers standing in for what it held.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.formats.layout import LEDGER, ledger_segment_path, ledger_state_path
+from pipeline.formats.descriptors import Shard
+from pipeline.formats.layout import DAMAGED, LEDGER, ledger_segment_path, ledger_state_path
 from pipeline.formats.storage import Storage
-from pipeline.planning.plan import Shard
 
-PENDING, DONE, FAILED = "pending", "done", "failed"
+log = logging.getLogger(__name__)
+
+
+class ShardState(StrEnum):
+    """Where a shard stands. ``done`` means its marker is in place (see
+    :func:`pipeline.formats.progress.reconcile`, the one home of that rule)."""
+
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+
+
+DAMAGED_LEDGER = f"{DAMAGED}/{LEDGER}"  # where the driver moves damaged ledger files
 _STATE = re.compile(r"state-(\d{6})\.parquet$")
 _SEGMENT = re.compile(r"segment-(\d{6})-(\d{6})\.jsonl$")
 _DICTS = ("retries", "failures_by_error")  # held as JSON text in the state's Parquet
@@ -58,7 +75,7 @@ class ShardEntry:
     count: int
     first_id: int
     digest: str
-    state: str = PENDING
+    state: ShardState = ShardState.PENDING
     attempts: int = 0
     images_done: int = 0
     images_failed: int = 0
@@ -119,9 +136,15 @@ class Ledger:
         self._sequence = 0
         self._pending: list[ShardEntry] = []
         self._flushed = time.monotonic()
+        self.damaged: dict[str, str] = {}
 
-    def read(self) -> dict[int, ShardEntry]:
-        """Load the newest state and its segments (a few requests); return the entries."""
+    def read(self, repair: bool = False) -> dict[int, ShardEntry]:
+        """Load the newest state and its segments (a few requests); return the entries.
+
+        A file that cannot be read as written is skipped and named in :attr:`damaged` (path
+        -> problem); with ``repair`` (the driver, before it resumes) it is also moved to
+        ``damaged/ledger/``, so the next compaction does not build on it.
+        """
         states, segments = {}, {}
         for path in self._storage.list(LEDGER):
             if match := _STATE.search(path):
@@ -129,18 +152,37 @@ class Ledger:
             elif match := _SEGMENT.search(path):
                 segments[(int(match[1]), int(match[2]))] = path
         self._generation = max(states, default=0)
+        self.damaged = {}
         entries: dict[int, ShardEntry] = {}
         if states:
-            table = pq.read_table(io.BytesIO(self._storage.read(states[self._generation])))
-            entries = {row["shard"]: _entry(row) for row in table.to_pylist()}
+            path = states[self._generation]
+            try:
+                entries = _state_entries(self._storage.read(path))
+            except (pa.ArrowException, ValueError, TypeError, KeyError, OSError) as err:
+                self.damaged[path] = _problem(err)
         mine = sorted(k for k in segments if k[0] == self._generation)
         with ThreadPoolExecutor(max_workers=16) as pool:
             texts = list(pool.map(lambda k: self._storage.read(segments[k]), mine))
-        for text in texts:
-            for line in text.decode().splitlines():
-                entry = _entry(json.loads(line))
-                entries[entry.shard] = entry
+        for key, text in zip(mine, texts, strict=True):
+            try:
+                lines = [_entry(json.loads(line)) for line in text.decode().splitlines()]
+            except (ValueError, TypeError, KeyError) as err:
+                self.damaged[segments[key]] = _problem(err)
+                continue
+            entries.update((entry.shard, entry) for entry in lines)
         self._sequence = mine[-1][1] if mine else 0
+        for path, problem in self.damaged.items():
+            log.warning(
+                "%s is damaged (%s); the shards' markers stand in for it%s",
+                self._storage.uri(path),
+                problem,
+                ", moved to " + self._storage.uri(DAMAGED_LEDGER) if repair else "",
+            )
+            if repair:
+                self._storage.write_atomic(
+                    f"{DAMAGED_LEDGER}/{path.rsplit('/', 1)[1]}", self._storage.read(path)
+                )
+                self._storage.delete(path)
         self.entries = entries
         return dict(entries)
 
@@ -184,6 +226,20 @@ class Ledger:
         self._pending.clear()
 
 
+_FIELDS = frozenset(f.name for f in fields(ShardEntry))
+
+
+def _state_entries(data: bytes) -> dict[int, ShardEntry]:
+    table = pq.read_table(io.BytesIO(data))
+    if not table.schema.equals(_SCHEMA):
+        raise ValueError(f"unexpected columns {table.schema.names}")
+    return {row["shard"]: _entry(row) for row in table.to_pylist()}
+
+
+def _problem(err: BaseException) -> str:
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+
+
 def _row(entry: ShardEntry) -> dict[str, Any]:
     row = asdict(entry)
     for name in _DICTS:
@@ -192,8 +248,13 @@ def _row(entry: ShardEntry) -> dict[str, Any]:
 
 
 def _entry(row: dict[str, Any]) -> ShardEntry:
+    """An entry from a state row or a segment line; anything else raises ``ValueError``."""
+    if not isinstance(row, dict) or row.keys() != _FIELDS:
+        found = sorted(row) if isinstance(row, dict) else type(row).__name__
+        raise ValueError(f"not a ledger entry (fields {found})")
     values = dict(row)
     for name in _DICTS:
         if isinstance(values.get(name), str):
             values[name] = json.loads(values[name])
+    values["state"] = ShardState(values["state"])
     return ShardEntry(**values)

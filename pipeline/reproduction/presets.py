@@ -172,7 +172,7 @@ def preset(dataset: str, protocol: str) -> Preset:
     }
     values.update(_OVERRIDES[protocol].get(dataset, {}))
     folder = "clearclip/" if protocol == "clearclip" and dataset in _CLEARCLIP_NAMES else ""
-    names = resources.files("pipeline.benchmarks") / "names" / f"{folder}{_NAME_FILES[dataset]}"
+    names = resources.files("pipeline.reproduction") / "names" / f"{folder}{_NAME_FILES[dataset]}"
     source = _SOURCES[protocol] if dataset != "camvid" else "our choice: no repo evaluates CamVid"
     return Preset(
         dataset,

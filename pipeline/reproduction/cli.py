@@ -7,9 +7,9 @@ import argparse
 from typing import Any
 
 from gclip import METHODS
-from pipeline.benchmarks.presets import DATASETS, PROTOCOLS, default_protocol
-from pipeline.benchmarks.runner import BenchmarkSpec
 from pipeline.cli import add_inference_flags, inference_overrides
+from pipeline.reproduction.presets import DATASETS, PROTOCOLS, default_protocol
+from pipeline.reproduction.runner import BenchmarkSpec
 
 _RUN_FLAGS = ("model", "pretrained", "threshold", "num_workers", "shard_size", "device", "address")
 

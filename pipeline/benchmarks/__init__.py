@@ -1,1 +1,0 @@
-"""Benchmarks: standard segmentation datasets read in their own layouts, scored as papers do."""

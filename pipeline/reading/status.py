@@ -1,0 +1,74 @@
+"""A run's progress as text (``jobs.status``): the run record, the shards' states as
+:func:`pipeline.formats.progress.read_progress` reconciles them, retries, failed shards, and
+whether the driver of a run that says ``running`` is still alive (its lease's heartbeat)."""
+
+from __future__ import annotations
+
+from pipeline.formats.ledger import ShardState
+from pipeline.formats.progress import read_progress
+from pipeline.formats.run_record import RunRecord, RunState, require_run
+from pipeline.formats.storage import Storage
+from pipeline.running.lease import read_lease
+
+
+def describe_status(storage: Storage, tracebacks: bool = False) -> tuple[str, bool]:
+    """The status text of the run in ``storage``, and whether it is free of failures.
+
+    Raises:
+        InputError: ``storage`` holds no run (or its ``run.json`` is damaged).
+    """
+    run = require_run(storage)
+    progress = read_progress(storage)
+    lines = [_headline(storage, run)]
+    if run.get("error"):
+        lines.append(f"  error: {run['error']}")
+        if tracebacks and run.get("traceback"):
+            lines.append(run["traceback"])
+    states = progress.states()
+    totals = progress.totals()
+    lines.append(
+        f"shards: {states[ShardState.DONE]} done, {states[ShardState.FAILED]} failed, "
+        f"{states[ShardState.PENDING]} pending of {len(progress.entries)} planned"
+        + (
+            f" (+{len(progress.unplanned)} finished, not in the ledger)"
+            if progress.unplanned
+            else ""
+        )
+    )
+    lines.append(f"images: {totals['images_labelled']} labelled, {totals['images_failed']} failed")
+    retries = progress.retries()
+    if retries:
+        lines.append(
+            "attempts retried: " + ", ".join(f"{n} {k}" for k, n in sorted(retries.items()))
+        )
+    for path, problem in sorted(progress.damaged.items()):
+        lines.append(
+            f"  damaged: {storage.uri(path)} ({problem}); counted from the markers, and moved "
+            "aside by the next jobs.label run on this output"
+        )
+    for entry in sorted(progress.entries.values(), key=lambda e: e.shard):
+        if entry.state == ShardState.FAILED:
+            lines.append(
+                f"  shard {entry.shard}: failed after {entry.attempts} attempt(s): {entry.error}"
+            )
+            if tracebacks and entry.traceback:
+                lines.append(entry.traceback)
+    ok = states[ShardState.FAILED] == 0 and run.state != RunState.FAILED
+    return "\n".join(lines), ok
+
+
+def _headline(storage: Storage, run: RunRecord) -> str:
+    method = run.method
+    blocks = f" (global blocks {method['global_blocks']})" if method["name"] == "gclip" else ""
+    state = str(run.state)
+    if run.state == RunState.RUNNING:
+        state += _driver_liveness(storage)
+    return f"run {state}: model {run.config['model']}, method {method['name']}{blocks}"
+
+
+def _driver_liveness(storage: Storage) -> str:
+    """For a run that says ``running``: whether its driver still holds the output's lease."""
+    lease = read_lease(storage)
+    if lease is None:  # released, or never taken (a run of a version before leases)
+        return " (but no driver holds the output: it was stopped before it could say so)"
+    return f" ({lease.describe()})"

@@ -1,0 +1,75 @@
+"""How a labelling job ends, for its user: the closing lines, and stopping on SIGTERM as on
+SIGINT (interrupted and resumable, not failed)."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
+
+from pipeline.running.coordinator import RunSummary
+
+
+class Stopped(KeyboardInterrupt):
+    """The driver was told to stop (SIGTERM: ``ray job stop``, a scheduler, ``kill``).
+
+    Attributes:
+        code: the exit code that says so (128 + the signal's number).
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by signal {signal.Signals(signum).name}")
+        self.code = 128 + signum
+
+
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Stopped` (a ``KeyboardInterrupt``), so a
+    terminated run ends as an interrupted one: recorded, resumable, exit 143."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise Stopped(signum)
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def describe_summary(summary: RunSummary, output: str) -> str:
+    """The job's closing lines: counts, where the masks are, failures and retries."""
+    if summary.complete_before:
+        return (
+            f"run complete: {summary.images_labelled} images labelled, {summary.images_failed} "
+            f"failed, in {summary.shards} shards; nothing left to do (no model was started). "
+            f"Masks: {output}/annotations/*.parquet"
+        )
+    masks = "annotations.json and " if summary.merged else ""
+    lines = [
+        f"{summary.images_labelled} images labelled, {summary.images_failed} failed, "
+        f"{summary.shards_failed} of {summary.shards} shards failed, {summary.seconds:.1f} s. "
+        f"Masks: {output}/{masks}annotations/*.parquet"
+    ]
+    if summary.failures_by_error:
+        kinds = ", ".join(f"{n} {error}" for error, n in summary.failures_by_error.items())
+        where = "failures.jsonl" if summary.merged else "shards/*.json (or jobs.merge)"
+        lines.append(f"failed images by cause: {kinds}; each listed in {output}/{where}")
+    if summary.every_image_failed:
+        lines.append(
+            "error: every image failed, so nothing was labelled: see the causes above (a "
+            "manifest's relative uris are read against the manifest's own folder)"
+        )
+    if summary.retries:
+        kinds = ", ".join(f"{n} {cause}" for cause, n in sorted(summary.retries.items()))
+        lines.append(f"attempts retried: {kinds} (died: worker lost; oom: out of memory; timeout)")
+    if summary.shards_failed:
+        lines.append(
+            f"failed shards and their tracebacks: python -m jobs.status {output} --tracebacks"
+        )
+    return "\n".join(lines)
