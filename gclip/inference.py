@@ -328,8 +328,10 @@ class LabelAccumulator:
     probability under the softmax over *all* names: a running maximum and a running
     log-sum-exp make the result the same for any split of the names, so memory is bounded by
     the chunk, not the vocabulary. Logits are upsampled to the original frame in row bands.
-    The running maps are two ``H0 x W0`` float32 and one ``H0 x W0`` label map, and
-    :meth:`result` turns them into the result in place (9 bytes a pixel for uint8 labels).
+
+    Memory, per pixel of the original frame: a float32 running maximum (which becomes the
+    confidence in place) and a label; plus a float32 running log-sum-exp, unless ``names``
+    says that one update brings every name (then it is used band by band and never stored).
 
     Args:
         size_hw: the original frame ``(H0, W0)``.
@@ -338,6 +340,7 @@ class LabelAccumulator:
         unlabelled: label value for pixels below their class's threshold.
         dtype: label dtype (``torch.uint8``, or ``torch.int32`` for more than 255 classes).
         device: where the running maps live.
+        names: how many names the updates bring in all, when known.
     """
 
     def __init__(
@@ -348,45 +351,68 @@ class LabelAccumulator:
         unlabelled: int,
         dtype: torch.dtype,
         device: torch.device,
+        names: int | None = None,
     ) -> None:
         self._size_hw = size_hw
         self._scale = logit_scale
         self._min_prob = torch.tensor([-1.0 if t is None else t for t in thresholds], device=device)
-        self._unlabelled, self._dtype = unlabelled, dtype
+        self._unlabelled, self._dtype, self._names = unlabelled, dtype, names
         self._best = torch.full(size_hw, -torch.inf, device=device)  # H0 x W0 scaled logit
         self._label = torch.zeros(size_hw, dtype=dtype, device=device)  # H0 x W0 class
-        self._lse = torch.full(size_hw, -torch.inf, device=device)  # H0 x W0 log-sum-exp
+        self._lse: torch.Tensor | None = None  # H0 x W0 log-sum-exp, made by the first chunk
+        self._seen = 0  # names folded in so far
+        self._confident = False  # _best holds the confidence already
         self._done = False
 
     def update(self, logits: torch.Tensor, name_to_class: torch.Tensor) -> None:
         """Fold in ``N x h x w`` logits (resized frame) of names of classes ``name_to_class``."""
-        assert not self._done, "result() has consumed this accumulator"
+        assert not self._done and not self._confident, "every name has been folded in"
+        whole = self._seen == 0 and logits.shape[0] == self._names
+        self._seen += logits.shape[0]
+        if not whole and self._lse is None:
+            self._lse = torch.full(self._size_hw, -torch.inf, device=self._best.device)
         h0, w0 = self._size_hw
         band = max(1, _BAND_ELEMENTS // max(1, logits.shape[0] * w0))
         classes = name_to_class.to(logits.device, self._dtype)  # N
         for top in range(0, h0, band):
-            bottom = min(top + band, h0)
-            scaled = self._scale * upsample_rows(logits, (h0, w0), top, bottom)  # N x b x W0
-            best, name = scaled.max(dim=0)  # b x W0 each
-            better = best > self._best[top:bottom]  # ties keep the earlier name, as argmax does
-            self._label[top:bottom] = torch.where(better, classes[name], self._label[top:bottom])
-            self._best[top:bottom] = torch.maximum(best, self._best[top:bottom])
-            lse = torch.logsumexp(scaled, dim=0)  # b x W0
-            self._lse[top:bottom] = torch.logaddexp(self._lse[top:bottom], lse)
+            self._fold(logits, classes, top, min(top + band, h0), whole)
+        self._confident = whole
+
+    def _fold(
+        self, logits: torch.Tensor, classes: torch.Tensor, top: int, bottom: int, whole: bool
+    ) -> None:
+        """Rows ``top:bottom`` of :meth:`update` (a function, so one band's temporaries are
+        freed before the next band's are made)."""
+        rows = slice(top, bottom)
+        scaled = upsample_rows(logits, self._size_hw, top, bottom).mul_(self._scale)  # N x b x W0
+        best, name = scaled.max(dim=0)  # b x W0 each
+        better = best > self._best[rows]  # ties keep the earlier name, as argmax does
+        self._label[rows] = torch.where(better, classes[name], self._label[rows])
+        self._best[rows] = torch.maximum(best, self._best[rows])
+        lse = torch.logsumexp(scaled, dim=0)  # b x W0
+        if whole:  # the log-sum-exp over all names is this one: the confidence now
+            self._best[rows].sub_(lse).exp_()  # b x W0
+        else:
+            assert self._lse is not None
+            self._lse[rows] = torch.logaddexp(self._lse[rows], lse)
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``H0 x W0`` labels (class index, or ``unlabelled`` below its threshold) and
         ``H0 x W0`` float32 confidence (probability of the chosen class's best name).
 
-        Call once: the running maps become the result, so no map is copied.
+        Call once, after the last update: the running maps become the result, uncopied.
         """
         assert not self._done, "result() has consumed this accumulator"
         self._done = True
-        confidence = self._best.sub_(self._lse).exp_()  # H0 x W0, in place: exp(best - lse)
-        self._lse = torch.empty(0)
+        if not self._confident:
+            lse = self._lse if self._lse is not None else torch.full_like(self._best, -torch.inf)
+            self._best.sub_(lse).exp_()  # H0 x W0, in place: exp(best - lse)
+        self._lse = None
+        confidence = self._best  # H0 x W0
         h0, w0 = self._size_hw
-        band = max(1, _BAND_ELEMENTS // max(1, w0))
-        for top in range(0, h0, band):  # bands: the int64 index of a full map is 8 B a pixel
+        # Bands, because indexing the thresholds takes an int64 index: 8 B a pixel.
+        band = max(1, (_BAND_ELEMENTS >> 3) // max(1, w0))
+        for top in range(0, h0, band):
             label = self._label[top : top + band]  # b x W0
             keep = confidence[top : top + band] >= self._min_prob[label.long()]  # b x W0
             label.masked_fill_(~keep, self._unlabelled)
@@ -405,7 +431,13 @@ def labels_from_logits(
     """Upsample ``N x h x w`` logits to ``size_hw`` and turn them into labels (uint8 up to 255
     classes, int32 beyond) and confidence, all names at once (see :class:`LabelAccumulator`)."""
     accumulator = LabelAccumulator(
-        size_hw, logit_scale, thresholds, unlabelled, label_dtype(num_classes), logits.device
+        size_hw,
+        logit_scale,
+        thresholds,
+        unlabelled,
+        label_dtype(num_classes),
+        logits.device,
+        names=logits.shape[0],
     )
     accumulator.update(logits, name_to_class)
     return accumulator.result()

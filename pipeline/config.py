@@ -209,7 +209,7 @@ def load_run_config(
             **{
                 f"method.{k}": v
                 for k, v in checkpoint.method_options_for(
-                    merged.get("method.name", "gclip")
+                    merged.get("method.name", MethodConfig().name)
                 ).items()
             },
             **{f"inference.{k}": v for k, v in checkpoint.inference.items()},

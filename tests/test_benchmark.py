@@ -76,7 +76,9 @@ def test_every_benchmark_scores_its_label_maps(tmp_path, dataset):
     job's layout, one score over the split equal to the independent computation."""
     root = make_dataset(dataset, tmp_path / "data", count=3)
     out = tmp_path / "out"
-    spec = BenchmarkSpec(dataset, str(root), str(out), "sclip", None, {"inference": SMALL})
+    spec = BenchmarkSpec(
+        dataset, str(root), str(out), "sclip", None, {"inference": SMALL, "pretrained": "none"}
+    )
     result = run_benchmark(spec, LocalBackend(BrightnessSegmenter()))
     record = json.loads((out / "benchmark.json").read_text())
     assert record == result.record
@@ -106,7 +108,9 @@ def test_every_benchmark_scores_its_label_maps(tmp_path, dataset):
 def test_limit_scores_the_first_images_and_a_missing_map_counts_as_missed(tmp_path):
     root = make_dataset("ade", tmp_path / "data", count=4)
     out = tmp_path / "out"
-    spec = BenchmarkSpec("ade", str(root), str(out), "sclip", 2, {"inference": SMALL})
+    spec = BenchmarkSpec(
+        "ade", str(root), str(out), "sclip", 2, {"inference": SMALL, "pretrained": "none"}
+    )
     record = run_benchmark(spec, LocalBackend(BrightnessSegmenter())).record
     samples = layout("ade").samples(str(root))[:2]
     assert record["images"] == 2 and record["limit"] == 2

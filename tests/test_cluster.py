@@ -185,10 +185,11 @@ def test_ray_job_submit_on_a_local_cluster(tmp_path):
             "python",
             "-m",
             "jobs.label",
+            # Absolute: the driver runs in Ray's temporary copy of the working dir.
             "--manifest",
-            "demo/manifest.parquet",
+            str(ROOT / "demo" / "manifest.parquet"),
             "--vocabulary",
-            "demo/vocabulary.txt",
+            str(ROOT / "demo" / "vocabulary.txt"),
             "--output",
             str(out),
             "--model",

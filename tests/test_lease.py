@@ -185,7 +185,7 @@ def test_a_stale_lease_is_taken_over_and_the_old_owner_stands_down(root, caplog)
     with caplog.at_level(logging.WARNING, logger="pipeline.running.lease"):
         new = acquire(storage, Owner.here("new driver"))
     assert "took over the stale lease" in caplog.text
-    assert f"pid {old.info.owner.pid}" in caplog.text and "presumed gone" in caplog.text
+    assert f"pid {old.info.owner.pid}" in caplog.text and "no heartbeat for" in caplog.text
     held = read_lease(storage)
     assert held is not None and held.owner == new.info.owner
     # The old driver comes back: its heartbeat finds the lease gone, its release leaves it.

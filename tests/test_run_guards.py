@@ -306,3 +306,16 @@ def test_rays_token_notice_is_silenced_for_the_embedded_instance_only(caplog):
         logger.warning(notice)
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["another warning", notice]
+
+
+def test_a_lease_left_by_a_killed_driver_on_this_host_is_taken_over_at_once(tmp_path):
+    """After kill -9 the rerun must not wait for the lease's timeout."""
+    root = make_dataset(tmp_path)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    pid = int(gone.stdout)
+    owner = Owner.here()
+    dead = Owner(owner.host, pid, owner.token, owner.started, "python -m jobs.label (killed)")
+    acquire(Storage(str(root / "out")), dead)  # never released: as kill -9 leaves it
+    assert label_job.main(job_args(root), backend=fake()) == 0

@@ -4,6 +4,7 @@ whether the driver of a run that says ``running`` is still alive (its lease's he
 
 from __future__ import annotations
 
+from gclip.config import method_spec
 from pipeline.formats.ledger import ShardState
 from pipeline.formats.progress import read_progress
 from pipeline.formats.run_record import RunRecord, RunState, require_run
@@ -59,11 +60,13 @@ def describe_status(storage: Storage, tracebacks: bool = False) -> tuple[str, bo
 
 def _headline(storage: Storage, run: RunRecord) -> str:
     method = run.method
-    blocks = f" (global blocks {method['global_blocks']})" if method["name"] == "gclip" else ""
+    fuses = method_spec(method["name"]).fuses_global_blocks
+    blocks = f" (global blocks {method['global_blocks']})" if fuses else ""
     state = str(run.state)
     if run.state == RunState.RUNNING:
         state += _driver_liveness(storage)
-    return f"run {state}: model {run.config['model']}, method {method['name']}{blocks}"
+    weights = f", weights {run.weights}" if run.weights else ""
+    return f"run {state}: model {run.config['model']}{weights}, method {method['name']}{blocks}"
 
 
 def _driver_liveness(storage: Storage) -> str:

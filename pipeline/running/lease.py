@@ -111,13 +111,29 @@ class LeaseInfo:
         return max(0.0, ((now or _now()) - self.heartbeat).total_seconds())
 
     def is_stale(self, now: datetime | None = None) -> bool:
-        """Whether the owner has gone without a heartbeat for longer than ``timeout_s``."""
-        return self.heartbeat_age_s(now) > self.timeout_s
+        """Whether the owner is gone: no heartbeat for longer than ``timeout_s``, or (on this
+        host) its process no longer exists, as after a ``kill -9``."""
+        return self.heartbeat_age_s(now) > self.timeout_s or self.owner_exited()
+
+    def owner_exited(self) -> bool:
+        """The owner ran on this host and its process is gone (a reused pid reads as alive:
+        the lease then waits for its timeout, the safe side)."""
+        if self.owner.host != socket.gethostname():
+            return False
+        try:
+            os.kill(self.owner.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, another user's
+            return False
+        return False
 
     def describe(self, now: datetime | None = None) -> str:
         """One line for ``jobs.status``: who holds the folder, and whether its driver lives."""
         owner, age = self.owner, self.heartbeat_age_s(now)
         who = f"host {owner.host}, pid {owner.pid}, started {_iso(owner.started)}"
+        if self.owner_exited():
+            return f"driver gone (its process exited; {who}): the next run takes over"
         if self.is_stale(now):
             return f"driver gone (no heartbeat for {age:.0f} s; {who}): the next run takes over"
         return f"held by a running driver ({who}; last heartbeat {age:.0f} s ago)"
@@ -328,8 +344,8 @@ def acquire(
             raise LeaseHeldError(holder, where)
         if storage.replace_if_unchanged(LEASE, info.encode(), current.version):
             log.warning(
-                "took over the stale lease on %s from host %s, pid %s (started %s): no "
-                "heartbeat for %.0f s, its driver is presumed gone",
+                "took over the stale lease on %s from host %s, pid %s (started %s): its "
+                "process exited, or no heartbeat for %.0f s",
                 where,
                 holder.owner.host,
                 holder.owner.pid,

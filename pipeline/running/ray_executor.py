@@ -67,12 +67,19 @@ class ProgressBoard:
 
 @dataclass(frozen=True, slots=True)
 class _Notify:
-    """The model actors' progress hook: a fire-and-forget note to the board."""
+    """The model actors' progress hook: a note to the board, fire-and-forget unless it must
+    have arrived (a worker killed right after sending may never send what it queued)."""
 
     board: Any
 
-    def __call__(self, shard: int, labelled: int, in_progress: tuple[Any, ...]) -> None:
-        self.board.note.remote(shard, labelled, in_progress)
+    def __call__(
+        self, shard: int, labelled: int, in_progress: tuple[Any, ...], confirm: bool
+    ) -> None:
+        sent = self.board.note.remote(shard, labelled, in_progress)
+        if confirm:
+            import ray
+
+            ray.get(sent, timeout=60)
 
 
 @dataclass(slots=True)

@@ -84,7 +84,7 @@ def resolve_recipe(spec: SegmenterSpec, calibration_uris: tuple[str, ...], side:
     loaded = gclip.load_model(model, pretrained, device="cpu")
     segmenter = gclip.load_segmenter(loaded, method=spec.method)
     sources = {}
-    if spec.method.name == "gclip":
+    if spec.method.spec.fuses_global_blocks:
         if spec.method.global_blocks is None and segmenter.method.global_blocks != "auto":
             sources["method.global_blocks"] = "model depth"
         if spec.method.cs_start_block is None:

@@ -43,9 +43,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Told (shard index, images labelled so far, ids of the images being labelled now) before
-# each call to the segmenter, and (shard index, images labelled, ()) at the end.
-ProgressHook = Callable[[int, int, tuple[Any, ...]], None]
+# Told (shard index, images labelled so far, ids of the images being labelled now, whether
+# the note must have arrived before the call) before each call to the segmenter, and
+# (shard index, images labelled, (), False) at the end. An isolated attempt's notes must
+# arrive: if the call kills the worker, the note names the culprit.
+ProgressHook = Callable[[int, int, tuple[Any, ...], bool], None]
 
 
 class SegmenterLike(Protocol):
@@ -223,12 +225,13 @@ def segment_shard(
     index, labelled = decoded.task.shard.index, 0
     for chunk in _chunks(iter(decoded.images), per_call):
         if on_progress is not None:
-            on_progress(index, labelled, tuple(rec.image_id for rec, _ in chunk))
+            ids = tuple(rec.image_id for rec, _ in chunk)
+            on_progress(index, labelled, ids, decoded.task.isolate)
         for rec, seg in _segment(segmenter, chunk, settings, failures, errors, final):
             results.append((rec, np.asarray(seg.labels_hw), np.asarray(seg.confidence_hw)))
         labelled += len(chunk)
     if on_progress is not None:
-        on_progress(index, labelled, ())
+        on_progress(index, labelled, (), False)
     if errors and not results and not decoded.task.retry_failed:
         # Relabelling a shard's few failed images proves nothing of the kind.
         error = RuntimeError(f"every image of {decoded.task.shard.name} failed in segmentation")

@@ -40,7 +40,8 @@ class LabelWorker:
             a stand-in in tests).
         settings: what every shard needs besides the segmenter.
         output: the run's output folder.
-        on_progress: told ``(shard, images)`` as images are labelled (progress within shards).
+        on_progress: told which images are labelled, call by call (progress within shards;
+            see :data:`pipeline.running.stages.ProgressHook`).
     """
 
     def __init__(
