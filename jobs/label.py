@@ -29,7 +29,7 @@ from pipeline import (
 from pipeline.cli import build_parser, overrides, parse_args
 from pipeline.errors import DiskFullError
 from pipeline.formats.checkpoints import shipped_settings
-from pipeline.planning.report import describe_plan
+from pipeline.planning.dry_run import describe_plan
 from pipeline.running.summary import Stopped, describe_summary, stop_on_sigterm
 
 

@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from pipeline.errors import InputError
-from pipeline.reading.report import write_report
+from pipeline.reading.report_html import write_report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pipeline.planning.report import describe_plan, human_size
+from pipeline.planning.dry_run import describe_plan, human_size
 
 
 @pytest.mark.parametrize(

@@ -85,9 +85,13 @@ def check_pixels(width: int, height: int, max_pixels: int | None = MAX_PIXELS) -
     """Refuse a ``width x height`` image of more than ``max_pixels`` pixels (``None``: any)."""
     if max_pixels is not None and width * height > max_pixels:
         raise ImageDecodeError(
-            f"{width}x{height} = {width * height / 1e6:.1f} Mpx is over the limit of "
-            f"{max_pixels / 1e6:.1f} Mpx (--max-image-pixels; raise it for large photos)"
+            f"{width}x{height} = {_pixels(width * height)} is over the limit of "
+            f"{_pixels(max_pixels)} (--max-image-pixels; raise it for large photos)"
         )
+
+
+def _pixels(count: int) -> str:
+    return f"{count / 1e6:.1f} Mpx" if count >= 100_000 else f"{count} px"
 
 
 @contextmanager

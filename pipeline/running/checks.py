@@ -1,4 +1,7 @@
-"""What the driver checks before it starts Ray, so that bad input fails in a second.
+"""What the driver checks before it starts Ray, so that bad input fails in a second: the
+weights, the method against the model's depth, the device, the output folder, paths under
+``ray job submit``, and an earlier run's format and settings in the output (named, old and
+new, when they differ).
 
 Each check raises :class:`pipeline.errors.InputError` (the job exits 2) naming the problem and
 the fix; what can only be known on a worker (a GPU on a remote cluster, an hf-hub model's
@@ -14,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gclip
 from gclip.catalog import (
     HF_HUB,
     LOCAL_DIR,
@@ -25,9 +29,11 @@ from gclip.catalog import (
     looks_like_path,
     model_depth,
 )
-from pipeline.config import RunConfig
-from pipeline.errors import InputError
-from pipeline.formats.storage import resolve
+from pipeline.config import RunConfig, settings_changed
+from pipeline.errors import ConfigChangedError, InputError
+from pipeline.formats.layout import FORMAT_VERSION
+from pipeline.formats.run_record import RunRecord
+from pipeline.formats.storage import Storage, resolve
 
 log = logging.getLogger(__name__)
 
@@ -193,3 +199,46 @@ def check_paths_under_ray_job(config: RunConfig) -> None:
                 f"temporary copy of --working-dir ({os.getcwd()}), which Ray deletes: give "
                 "an absolute path on storage every node shares, or an s3:// URI."
             )
+
+
+def check_format(storage: Storage, previous: RunRecord | None) -> None:
+    """Refuse an output written in another format: its shards cannot be mixed with new ones."""
+    if previous is None or previous.format_version == FORMAT_VERSION:
+        return
+    found = previous.format_version
+    age = "an older" if found < FORMAT_VERSION else "a newer"
+    raise ConfigChangedError(
+        f"{storage.root} was written by {age} gclip-label (output format {found}; this "
+        f"version writes format {FORMAT_VERSION}). Its shards cannot be mixed with new ones: "
+        "label into a new --output."
+    )
+
+
+def check_settings(
+    storage: Storage, previous: RunRecord | None, config: RunConfig, vocabulary: gclip.Vocabulary
+) -> None:
+    """Before Ray: refuse a previous run's output whose labelling settings differ, naming
+    each difference (the fingerprint, after resolution, is the last word)."""
+    if previous is None or previous.fingerprint is None:
+        return
+    changed = differences(previous, config, vocabulary)
+    if changed:
+        raise ConfigChangedError(
+            f"{storage.root} holds a run made with other labelling settings:\n  "
+            + "\n  ".join(changed)
+            + "\nUse a new --output, or pass --allow-config-change to keep its finished shards "
+            "and label the rest with the new settings."
+        )
+
+
+def differences(previous: RunRecord, config: RunConfig, vocabulary: gclip.Vocabulary) -> list[str]:
+    """The labelling settings and vocabulary of ``config`` that differ from a previous run's,
+    as ``name: old -> new`` lines."""
+    changed = settings_changed(previous.config, config.to_json())
+    before = gclip.vocabulary.parse_json(previous["vocabulary"])
+    if before.fingerprint != vocabulary.fingerprint:
+        changed.append(
+            f"vocabulary: {len(before.classes)} classes (sha {before.fingerprint[:12]}) -> "
+            f"{len(vocabulary.classes)} classes (sha {vocabulary.fingerprint[:12]})"
+        )
+    return changed

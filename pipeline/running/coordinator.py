@@ -29,10 +29,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import gclip
-from pipeline.config import RunConfig, labelling_fingerprint, settings_changed
+from pipeline.config import RunConfig, labelling_fingerprint
 from pipeline.errors import ConfigChangedError, DamagedFileError, InputError, SetupError
 from pipeline.formats.coco import categories
-from pipeline.formats.layout import ANNOTATIONS, FAILURES, FORMAT_VERSION, shard_path
+from pipeline.formats.layout import ANNOTATIONS, FAILURES, shard_path
 from pipeline.formats.ledger import Ledger, ShardEntry, ShardState
 from pipeline.formats.outputs import merge
 from pipeline.formats.progress import totals
@@ -114,7 +114,7 @@ class PreparedRun:
             return False
         if retry_failed and any(e.images_failed for e in self.entries.values()):
             return False
-        return self.done == len(self.entries) and not differences(
+        return self.done == len(self.entries) and not checks.differences(
             self.previous, self.config, self.vocabulary
         )
 
@@ -147,9 +147,9 @@ def prepare_run(config: RunConfig, allow_config_change: bool = False) -> Prepare
         )
         storage = Storage(config.output, create=False)
         previous = read_run(storage)
-        _check_format(storage, previous)
+        checks.check_format(storage, previous)
         if not allow_config_change:
-            _check_settings(storage, previous, config, vocabulary)
+            checks.check_settings(storage, previous, config, vocabulary)
         manifest = open_manifest(config.manifest)
         weights = checks.check_model(config)  # may wait for the hub: after the local checks
         plan, entries = plan_with_previous(
@@ -363,48 +363,6 @@ def _merge(
             "Its shard was made pending: run the same jobs.label command again to label it "
             "anew and merge.",
         ) from None
-
-
-def _check_format(storage: Storage, previous: RunRecord | None) -> None:
-    if previous is None or previous.format_version == FORMAT_VERSION:
-        return
-    found = previous.format_version
-    age = "an older" if found < FORMAT_VERSION else "a newer"
-    raise ConfigChangedError(
-        f"{storage.root} was written by {age} gclip-label (output format {found}; this "
-        f"version writes format {FORMAT_VERSION}). Its shards cannot be mixed with new ones: "
-        "label into a new --output."
-    )
-
-
-def _check_settings(
-    storage: Storage, previous: RunRecord | None, config: RunConfig, vocabulary: gclip.Vocabulary
-) -> None:
-    """Before Ray: refuse a previous run's output whose labelling settings differ, naming
-    each difference (the fingerprint, after resolution, is the last word)."""
-    if previous is None or previous.fingerprint is None:
-        return
-    changed = differences(previous, config, vocabulary)
-    if changed:
-        raise ConfigChangedError(
-            f"{storage.root} holds a run made with other labelling settings:\n  "
-            + "\n  ".join(changed)
-            + "\nUse a new --output, or pass --allow-config-change to keep its finished shards "
-            "and label the rest with the new settings."
-        )
-
-
-def differences(previous: RunRecord, config: RunConfig, vocabulary: gclip.Vocabulary) -> list[str]:
-    """The labelling settings and vocabulary of ``config`` that differ from a previous run's,
-    as ``name: old -> new`` lines."""
-    changed = settings_changed(previous.config, config.to_json())
-    before = gclip.vocabulary.parse_json(previous["vocabulary"])
-    if before.fingerprint != vocabulary.fingerprint:
-        changed.append(
-            f"vocabulary: {len(before.classes)} classes (sha {before.fingerprint[:12]}) -> "
-            f"{len(vocabulary.classes)} classes (sha {vocabulary.fingerprint[:12]})"
-        )
-    return changed
 
 
 def _check_fingerprint(
