@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
@@ -19,6 +18,7 @@ from gclip.inference import (
     LabelAccumulator,
     label_dtype,
     refine,
+    resize_image,
     resized_size,
     stitch,
     window_features,
@@ -159,20 +159,18 @@ class Segmenter:
             self.calibrate(images)
         return dense_features(self._backbone, self._config, images, self._suppression)
 
-    def preprocess(self, image: Any, short_side: int | None) -> torch.Tensor:
+    def preprocess(
+        self, image: Any, short_side: int | None, max_long_side: int | None = None
+    ) -> torch.Tensor:
         """An image (see :func:`to_chw`) -> ``3 x h x w`` normalised float32 in the resized
-        frame, on the model's device."""
+        frame (see :func:`gclip.inference.resized_size`), on the model's device."""
         chw = to_chw(image)
         if self.device.type == "cuda" and not chw.is_cuda:
             # Pinned pages copy to the GPU asynchronously: the host does not wait for them.
             chw = chw.pin_memory().to(self.device, non_blocking=True)
-        chw = chw.to(self.device)
-        chw = chw.float() / 255.0 if chw.dtype == torch.uint8 else chw.float()  # 3 x H0 x W0
-        h, w = resized_size(int(chw.shape[1]), int(chw.shape[2]), short_side)
-        if (h, w) != tuple(chw.shape[1:]):
-            chw = F.interpolate(
-                chw[None], size=(h, w), mode="bilinear", align_corners=False, antialias=True
-            )[0]  # 3 x h x w
+        chw = chw.to(self.device)  # 3 x H0 x W0
+        size_hw = resized_size(int(chw.shape[1]), int(chw.shape[2]), short_side, max_long_side)
+        chw = resize_image(chw, size_hw)  # 3 x h x w
         return (chw - self._mean.to(chw.device)) / self._std.to(chw.device)  # 3 x h x w
 
     def segment(
@@ -199,7 +197,7 @@ class Segmenter:
             return []
         chws = [to_chw(im) for im in images]
         originals = [(int(chw.shape[1]), int(chw.shape[2])) for chw in chws]
-        resized = [self.preprocess(chw, config.short_side) for chw in chws]
+        resized = [self.preprocess(chw, config.short_side, config.max_long_side) for chw in chws]
         text = self.text.embed(vocabulary).to(self.device)  # N x E
         name_to_class = torch.tensor(vocabulary.name_to_class, dtype=torch.long)
         accumulators = [
@@ -210,6 +208,7 @@ class Segmenter:
                 vocabulary.below_threshold_label,
                 label_dtype(len(vocabulary.classes)),
                 self.device,
+                names=text.shape[0],
             )
             for size_hw in originals
         ]

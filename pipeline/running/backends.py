@@ -78,6 +78,7 @@ class RayBackend:
         ray = self._ray()
         if self._factory is not None:
             return Resolution(spec)
+        log.info("resolving the model %s once, in a Ray task (depth, method blocks)", spec.model)
         # A Ray task retries a lost worker (max_retries) but not an error of ours.
         task = ray.remote(num_cpus=1, max_retries=2)(resolve_recipe)
         try:

@@ -196,7 +196,6 @@ def _execute(
 ) -> RunSummary:
     config, vocabulary = run.config, run.vocabulary
     try:
-        log.info("resolving the model %s (weights: %s)", config.labelling.model, run.weights)
         resolution = backend.resolve(
             SegmenterSpec(
                 config.labelling.model,
@@ -209,14 +208,18 @@ def _execute(
         )
     except SetupError as err:
         if run.previous is None:  # a first run leaves its failure where status looks
-            _record(storage, run_record(config, vocabulary, None, None, started, "failed", err))
+            _record(
+                storage, run_record(config, vocabulary, None, None, started, RunState.FAILED, err)
+            )
         raise
     weights = resolution.model.get("weights_sha256") or _seed(resolution)
     fingerprint = labelling_fingerprint(
         config.labelling, resolution.spec.method, weights, vocabulary.fingerprint
     )
     _check_fingerprint(storage, run.previous, fingerprint, allow_config_change)
-    _record(storage, run_record(config, vocabulary, resolution, fingerprint, started, "running"))
+    _record(
+        storage, run_record(config, vocabulary, resolution, fingerprint, started, RunState.RUNNING)
+    )
     try:
         result, retries = _label(run, backend, storage, resolution, fingerprint, retry_failed)
     except BaseException as err:

@@ -11,6 +11,7 @@ from gclip.config import to_json
 from pipeline.config import RunConfig
 from pipeline.errors import SetupError, plain
 from pipeline.formats.layout import FORMAT_VERSION
+from pipeline.formats.run_record import RunState
 from pipeline.running.recipe import Resolution
 
 
@@ -25,6 +26,7 @@ def coco_info(
         "format_version": FORMAT_VERSION,
         "model": labelling.model,
         "pretrained": labelling.pretrained,
+        "weights": resolution.model.get("weights"),
         "weights_sha256": resolution.model.get("weights_sha256"),
         "method": labelling.method.name,
         "method_options": to_json(resolution.spec.method),
@@ -45,7 +47,7 @@ def run_record(
     resolution: Resolution | None,
     fingerprint: str | None,
     started: float,
-    state: str,
+    state: RunState,
     error: BaseException | None = None,
 ) -> dict[str, Any]:
     """``run.json``: the config as given and as resolved, with where each setting came from."""
