@@ -19,15 +19,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from gclip.catalog import (
-    DEMO_MODEL,
-    WeightsCheck,
-    WeightsSource,
-    WeightsUnavailableError,
-    check_weights,
-    describe_weights,
-    model_depth,
-)
+from gclip.catalog import DEMO_MODEL, model_depth
 from gclip.config import (
     METHOD_SPECS,
     METHODS,
@@ -45,6 +37,13 @@ from gclip.vocabulary import (
     load_vocabulary,
     parse_json,
     parse_text,
+)
+from gclip.weights import (
+    WeightsCheck,
+    WeightsSource,
+    WeightsUnavailableError,
+    check_weights,
+    describe_weights,
 )
 
 if TYPE_CHECKING:

@@ -20,19 +20,16 @@ import open_clip
 import torch
 from torch import nn
 
-from gclip.catalog import (
-    HF_HUB,
-    LOCAL_DIR,
-    WEIGHT_FILES,
+from gclip.catalog import HF_HUB, LOCAL_DIR, WEIGHT_FILES, local_dir
+from gclip.config import ShippedSettings, read_shipped
+from gclip.weights import (
     WeightsSource,
     WeightsUnavailableError,
     check_weights,
     download_command,
-    local_dir,
     tag_config,
     unavailable_message,
 )
-from gclip.config import ShippedSettings, read_shipped
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +84,7 @@ def load_model(
 
     Raises:
         WeightsUnavailableError: a tag is neither cached nor downloadable
-            (:func:`gclip.catalog.check_weights`, which a driver can ask first).
+            (:func:`gclip.weights.check_weights`, which a driver can ask first).
         CheckpointError: a checkpoint file exists but does not load.
         ValueError: unknown model name, tag, or missing checkpoint file.
     """

@@ -18,16 +18,8 @@ import pytest
 
 import gclip
 from gclip.backbone import VisionBackbone
-from gclip.catalog import (
-    DEMO_DIR,
-    WEIGHT_FILES,
-    WeightsSource,
-    WeightsUnavailableError,
-    check_weights,
-    describe_weights,
-    hub_cache_dir,
-    model_depth,
-)
+from gclip.catalog import DEMO_DIR, WEIGHT_FILES, hub_cache_dir, model_depth
+from gclip.weights import WeightsSource, WeightsUnavailableError, check_weights, describe_weights
 
 OPENAI = "timm/vit_base_patch16_clip_224.openai"  # where open_clip 3.x fetches ViT-B-16/openai
 

@@ -21,14 +21,13 @@ import gclip
 from gclip.catalog import (
     HF_HUB,
     LOCAL_DIR,
-    check_weights,
-    describe_weights,
     is_random,
     is_remote,
     local_dir,
     looks_like_path,
     model_depth,
 )
+from gclip.weights import check_weights, describe_weights
 from pipeline.config import RunConfig, settings_changed
 from pipeline.errors import ConfigChangedError, InputError
 from pipeline.formats.layout import FORMAT_VERSION
@@ -95,7 +94,7 @@ def _check_tag_apart(model: str, pretrained: str | None) -> None:
     without torch (7 s and hundreds of MB to import), so it never imports it itself."""
     code = (
         "import json, sys\n"
-        "from gclip.catalog import check_weights\n"
+        "from gclip.weights import check_weights\n"
         "try:\n"
         "    check_weights(sys.argv[1], sys.argv[2])\n"
         "except ValueError as err:\n"
