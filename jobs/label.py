@@ -14,23 +14,20 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import traceback
 from pathlib import Path
 
 from pipeline import (
     Backend,
     InputError,
     RayBackend,
-    SetupError,
     execute,
     load_run_config,
     prepare_run,
 )
 from pipeline.cli import build_parser, overrides, parse_args
-from pipeline.errors import DiskFullError
 from pipeline.formats.checkpoints import shipped_settings
 from pipeline.planning.dry_run import describe_plan
-from pipeline.running.summary import Stopped, describe_summary, stop_on_sigterm
+from pipeline.running.summary import describe_summary, ending, stop_on_sigterm
 
 
 def main(argv: list[str] | None = None, backend: Backend | None = None) -> int:
@@ -56,16 +53,8 @@ def main(argv: list[str] | None = None, backend: Backend | None = None) -> int:
         return 2
     if args.dry_run:
         c = config
-        print(
-            describe_plan(
-                run.manifest,
-                run.plan,
-                run.done,
-                c.output,
-                c.labelling.png_labels,
-                c.execution.merge_limit,
-            )
-        )
+        layout = (c.output, c.labelling.png_labels, c.execution.merge_limit)
+        print(describe_plan(run.manifest, run.plan, run.done, *layout))
         print(f"model {c.labelling.model}, weights {run.weights}: found, they can be had")
         return 0
     try:
@@ -76,30 +65,10 @@ def main(argv: list[str] | None = None, backend: Backend | None = None) -> int:
                 args.allow_config_change,
                 args.retry_failed,
             )
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except SetupError as err:
-        print(f"error: the model could not be built: {err.cause}", file=sys.stderr)
-        print(f"(traceback: python -m jobs.status {config.output} --tracebacks)", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt as err:
-        print(
-            f"stopped: the run is resumable with the same command ({config.output})",
-            file=sys.stderr,
-        )
-        return err.code if isinstance(err, Stopped) else 130
-    except DiskFullError as err:
-        print(
-            f"error: the output ran out of space ({err}); free space and run the same "
-            "command to resume: finished shards are kept",
-            file=sys.stderr,
-        )
-        return 1
-    except Exception:
-        traceback.print_exc()
-        print(f"error: the run crashed; see python -m jobs.status {config.output}", file=sys.stderr)
-        return 1
+    except BaseException as err:  # the job's end, whatever it is: a code and its reason
+        code, message = ending(err, config.output)
+        print(message, file=sys.stderr)
+        return code
     print(describe_summary(summary, config.output))
     return 0 if summary.ok else 1
 

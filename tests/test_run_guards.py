@@ -24,7 +24,7 @@ from pipeline.errors import DiskFullError
 from pipeline.formats.ledger import Ledger, ShardState
 from pipeline.formats.storage import Storage
 from pipeline.running import checks
-from pipeline.running.lease import LEASE, LeaseInfo, Owner, acquire
+from pipeline.running.lease import LEASE, LeaseInfo, Owner, _now, acquire
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -319,3 +319,33 @@ def test_a_lease_left_by_a_killed_driver_on_this_host_is_taken_over_at_once(tmp_
     dead = Owner(owner.host, pid, owner.token, owner.started, "python -m jobs.label (killed)")
     acquire(Storage(str(root / "out")), dead)  # never released: as kill -9 leaves it
     assert label_job.main(job_args(root), backend=fake()) == 0
+
+
+class TakesTheLease(BrightnessSegmenter):
+    """On its first call, another driver takes the output's lease over (as if this driver
+    had been frozen past the lease's timeout)."""
+
+    def __init__(self, output) -> None:
+        super().__init__()
+        self.output = output
+
+    def segment(self, images, vocabulary, config=None):
+        if self.calls == 0:
+            storage = Storage(str(self.output))
+            current = storage.read_versioned(LEASE)
+            other = LeaseInfo(Owner.here("the other driver"), _now(), 120.0, 20.0)
+            assert storage.replace_if_unchanged(LEASE, other.encode(), current.version)
+        return super().segment(images, vocabulary, config)
+
+
+def test_a_driver_whose_lease_was_taken_over_stops_without_writing_over_the_new_owner(
+    tmp_path, capsys
+):
+    root = make_dataset(tmp_path)
+    backend = fake(TakesTheLease(root / "out"))
+    assert label_job.main(job_args(root), backend=backend) == 1
+    assert "taken over by another driver" in capsys.readouterr().err
+    run = json.loads((root / "out" / "run.json").read_text())
+    assert run["state"] == "running"  # not ours to end: the new owner's
+    lease = json.loads((root / "out" / LEASE).read_text())
+    assert "the other driver" in lease["command"]

@@ -22,6 +22,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
@@ -123,11 +124,18 @@ class Ledger:
         storage: the run's output folder.
         flush_s: at most this long between an entry's write and its segment.
         segments_per_state: segments written before the state is compacted again.
+        guard: called before every write to storage; raises if this process may no longer
+            write there (the driver passes its lease's ``verify``).
     """
 
     def __init__(
-        self, storage: Storage, flush_s: float = 5.0, segments_per_state: int = 64
+        self,
+        storage: Storage,
+        flush_s: float = 5.0,
+        segments_per_state: int = 64,
+        guard: Callable[[], None] = lambda: None,
     ) -> None:
+        self._guard = guard
         self._storage = storage
         self._flush_s = flush_s
         self._segments_per_state = segments_per_state
@@ -189,6 +197,7 @@ class Ledger:
     def compact(self, entries: dict[int, ShardEntry] | None = None) -> None:
         """Write every entry (``entries`` replace the known ones) as a new state; delete the
         files it supersedes."""
+        self._guard()
         self._pending.clear()
         if entries is not None:
             self.entries = dict(entries)
@@ -215,6 +224,7 @@ class Ledger:
         self._flushed = time.monotonic()
         if not self._pending:
             return
+        self._guard()
         if self._sequence >= self._segments_per_state:
             self.compact()
             return

@@ -44,7 +44,7 @@ from pipeline.planning.plan import Plan
 from pipeline.running import checks
 from pipeline.running.backends import Backend
 from pipeline.running.dispatch import dispatch
-from pipeline.running.lease import Owner, acquire
+from pipeline.running.lease import Lease, LeaseLostError, Owner, acquire
 from pipeline.running.recipe import Resolution, SegmenterSpec
 from pipeline.running.records import coco_info, now, run_record
 from pipeline.running.resume import plan_with_previous
@@ -180,8 +180,10 @@ def execute(
         return _complete(run, started)
     storage = Storage(config.output)
     try:
-        with acquire(storage, Owner.here()):
-            return _execute(run, backend, storage, started, allow_config_change, retry_failed)
+        with acquire(storage, Owner.here()) as lease:
+            return _execute(
+                run, backend, storage, lease, started, allow_config_change, retry_failed
+            )
     finally:
         backend.close()
 
@@ -190,6 +192,7 @@ def _execute(
     run: PreparedRun,
     backend: Backend,
     storage: Storage,
+    lease: Lease,
     started: float,
     allow_config_change: bool,
     retry_failed: bool,
@@ -221,7 +224,11 @@ def _execute(
         storage, run_record(config, vocabulary, resolution, fingerprint, started, RunState.RUNNING)
     )
     try:
-        result, retries = _label(run, backend, storage, resolution, fingerprint, retry_failed)
+        result, retries = _label(
+            run, backend, storage, lease, resolution, fingerprint, retry_failed
+        )
+    except LeaseLostError:
+        raise  # another driver owns the output now: its run.json is not ours to write
     except BaseException as err:
         state = RunState.INTERRUPTED if isinstance(err, KeyboardInterrupt) else RunState.FAILED
         record = run_record(config, vocabulary, resolution, fingerprint, started, state, err)
@@ -232,6 +239,7 @@ def _execute(
     record = run_record(config, vocabulary, resolution, fingerprint, started, state)
     record["counts"] = result
     record["timings"].update(finished=now(), seconds=round(seconds, 3))
+    lease.verify()
     _record(storage, record)
     return _summary(result, seconds, retries)
 
@@ -278,6 +286,7 @@ def _label(
     run: PreparedRun,
     backend: Backend,
     storage: Storage,
+    lease: Lease,
     resolution: Resolution,
     fingerprint: str,
     retry_failed: bool,
@@ -293,7 +302,7 @@ def _label(
     }
     for index in retried:
         entries[index] = replace(entries[index], attempts=0)
-    ledger = Ledger(storage)
+    ledger = Ledger(storage, guard=lease.verify)
     ledger.compact(entries)  # the plan, durable before any shard runs
     todo = [
         s

@@ -105,8 +105,11 @@ def dispatch(
                     finished += state.work[outcome.shard]
                     failures += entry.images_failed
                     bar.set_postfix(failed_images=failures, refresh=False)
-            bar.n = min(bar.total, finished + executor.images_in_flight())
-            bar.refresh()
+            # never backwards: a shard's images leave the board when its segmenting ends,
+            # before its files are written and it counts as finished
+            labelled = min(bar.total, finished + executor.images_in_flight())
+            if labelled > bar.n:
+                bar.update(labelled - bar.n)  # tqdm redraws at most every 0.1 s
     if disk_full is not None:
         raise DiskFullError(disk_full.error or "no space left on the output")
     return dict(retries)
@@ -136,7 +139,9 @@ def _culprit(outcome: Outcome, state: _Shards) -> Any | None:
     """The image an isolated attempt was labelling when its worker was lost, if it is known."""
     lost = outcome.kind in (OutcomeKind.DIED, OutcomeKind.OOM)
     if lost and outcome.shard in state.isolated and len(outcome.in_progress) == 1:
-        return outcome.in_progress[0]
+        [image_id] = outcome.in_progress
+        excluded = {e[0] for e in state.excluded.get(outcome.shard, ())}
+        return None if image_id in excluded else image_id
     return None
 
 

@@ -206,6 +206,15 @@ class Lease:
                 "two do not mix their outputs"
             )
 
+    def verify(self) -> None:
+        """Raise :class:`LeaseLostError` unless the lease file still holds this run's token
+        (one read: what the driver asks before each write of the ledger and ``run.json``)."""
+        if not self._lost:
+            current = self.storage.read_versioned(LEASE)
+            if current is None or _token(current.data) != self._info.owner.token:
+                self._lose(current.data if current else None)
+        self.ensure_held()
+
     def refresh(self) -> bool:
         """Write a new heartbeat now: ``True`` if written, ``False`` if the lease is no longer
         ours (then :attr:`lost` is set). Storage errors propagate."""

@@ -56,13 +56,13 @@ class ProgressBoard:
         self._shards: dict[int, tuple[int, tuple[Any, ...]]] = {}
 
     def note(self, shard: int, labelled: int, in_progress: tuple[Any, ...]) -> None:
-        self._shards[shard] = (labelled, in_progress)
+        if in_progress:
+            self._shards[shard] = (labelled, in_progress)
+        else:  # the shard's segmenting ended: forgotten here, so the board never grows
+            self._shards.pop(shard, None)
 
     def read(self) -> dict[int, tuple[int, tuple[Any, ...]]]:
         return dict(self._shards)
-
-    def forget(self, shard: int) -> None:
-        self._shards.pop(shard, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +178,8 @@ class RayExecutor:
         return self._per_worker * sum(slot.ready for slot in self._slots)
 
     def submit(self, task: ShardTask) -> None:
+        if task.isolate:  # what the board holds of an earlier attempt must not name a culprit
+            self._board.note.remote(task.shard.index, 0, ())
         slot = min((s for s in self._slots if s.ready), key=lambda s: len(s.attempts))
         started = None if slot.attempts else time.monotonic()
         decoded = self._decode.remote(task, self._settings_ref, self._output)
@@ -251,7 +253,6 @@ class RayExecutor:
         attempt = next(a for a in slot.attempts if a.ref is ref)
         outcome, lost = self._outcome(attempt.task, ref)
         if not lost:
-            self._board.forget.remote(attempt.task.shard.index)
             slot.attempts.remove(attempt)
             if slot.attempts and slot.attempts[0].started is None:
                 slot.attempts[0].started = time.monotonic()
@@ -260,8 +261,6 @@ class RayExecutor:
         # those queued behind never started.
         head = slot.attempts[0]
         in_progress = self._in_progress(head.task.shard.index)
-        for queued in slot.attempts:
-            self._board.forget.remote(queued.task.shard.index)
         ended = [
             Outcome(
                 head.task.shard.index, outcome.kind, error=outcome.error, in_progress=in_progress

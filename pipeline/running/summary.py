@@ -1,15 +1,18 @@
-"""How a labelling job ends, for its user: the closing lines, and stopping on SIGTERM as on
-SIGINT (interrupted and resumable, not failed)."""
+"""How a labelling job ends, for its user: the closing lines, the exit code and message of a
+run that raised, and stopping on SIGTERM as on SIGINT (interrupted and resumable)."""
 
 from __future__ import annotations
 
 import contextlib
 import signal
 import threading
+import traceback
 from collections.abc import Iterator
 from types import FrameType
 
+from pipeline.errors import DiskFullError, InputError, SetupError
 from pipeline.running.coordinator import RunSummary
+from pipeline.running.lease import LeaseLostError
 
 
 class Stopped(KeyboardInterrupt):
@@ -40,6 +43,29 @@ def stop_on_sigterm() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def ending(err: BaseException, output: str) -> tuple[int, str]:
+    """The exit code and the message of a run that raised ``err``."""
+    if isinstance(err, InputError):
+        return 2, f"error: {err}"
+    if isinstance(err, SetupError):
+        return 1, (
+            f"error: the model could not be built: {err.cause}\n"
+            f"(traceback: python -m jobs.status {output} --tracebacks)"
+        )
+    if isinstance(err, KeyboardInterrupt):
+        code = err.code if isinstance(err, Stopped) else 130
+        return code, f"stopped: the run is resumable with the same command ({output})"
+    if isinstance(err, DiskFullError):
+        return 1, (
+            f"error: the output ran out of space ({err}); free space and run the same command "
+            "to resume: finished shards are kept"
+        )
+    if isinstance(err, LeaseLostError):
+        return 1, f"error: {err}"
+    trace = "".join(traceback.format_exception(err))
+    return 1, f"{trace}error: the run crashed; see python -m jobs.status {output}"
 
 
 def describe_summary(summary: RunSummary, output: str) -> str:
