@@ -27,7 +27,8 @@ from pipeline import (
 from pipeline.cli import build_parser, overrides, parse_args
 from pipeline.formats.checkpoints import shipped_settings
 from pipeline.planning.dry_run import describe_plan
-from pipeline.running.summary import describe_summary, ending, stop_on_sigterm
+from pipeline.running.stop import StopRequest, stop_on_signals
+from pipeline.running.summary import describe_summary, ending
 
 
 def main(argv: list[str] | None = None, backend: Backend | None = None) -> int:
@@ -58,12 +59,14 @@ def main(argv: list[str] | None = None, backend: Backend | None = None) -> int:
         print(f"model {c.labelling.model}, weights {run.weights}: found, they can be had")
         return 0
     try:
-        with stop_on_sigterm():
+        stop = StopRequest()  # the first SIGTERM or SIGINT winds the run down, resumable
+        with stop_on_signals(stop):
             summary = execute(
                 run,
                 backend or RayBackend(config.execution.address),
                 args.allow_config_change,
                 args.retry_failed,
+                stop,
             )
     except BaseException as err:  # the job's end, whatever it is: a code and its reason
         code, message = ending(err, config.output)

@@ -33,6 +33,7 @@ RUN_FLAGS = (
     "decode_threads",
     "max_attempts",
     "shard_timeout_s",
+    "stop_timeout_s",
     "threshold",
     "background_first_line",
     "png_labels",
@@ -202,6 +203,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help=_help(
             "seconds one shard attempt may take before its worker is restarted", "shard_timeout_s"
+        ),
+    )
+    run.add_argument(
+        "--stop-timeout",
+        dest="stop_timeout_s",
+        type=float,
+        help=_help(
+            "once told to stop (SIGTERM, SIGINT, ray job stop), seconds the attempts in flight "
+            "may take to finish; a second signal stops at once",
+            "stop_timeout_s",
         ),
     )
     run.add_argument(

@@ -96,6 +96,8 @@ class ExecutionSettings:
         decode_threads: image-decoding threads per worker.
         max_attempts: tries per shard when its worker dies, runs out of memory or times out.
         shard_timeout_s: deadline of one shard attempt, after which its worker is restarted.
+        stop_timeout_s: once the driver is told to stop (SIGTERM, SIGINT), how long the
+            attempts in flight may take to finish before they are given back.
         merge_limit: at the end of a run of at most this many images, merge the shards'
             COCO files into ``annotations.json`` (0: never; ``python -m jobs.merge`` does it
             on demand).
@@ -111,6 +113,7 @@ class ExecutionSettings:
     decode_threads: int = 4
     max_attempts: int = 3
     shard_timeout_s: float = 3600.0
+    stop_timeout_s: float = 60.0
     merge_limit: int = 100_000
     address: str | None = None
     device: str = "auto"

@@ -165,3 +165,24 @@ def test_driver_killed_then_resumed_on_s3_equals_clean(s3_env, tmp_path, clean_r
     assert_same_outputs(local, clean_run)
     for path, stamp in stamps.items():
         assert fs.get_file_info(path).mtime_ns == stamp  # finished shards not rewritten
+
+
+def test_sigterm_on_ray_ends_interrupted_and_resumes_to_a_clean_run(tmp_path, clean_run):
+    """As `ray job stop` does: before, Ray's own SIGTERM handler made it exit 1, 'failed'."""
+    out = tmp_path / "out"
+    driver = subprocess.Popen(
+        job_command(out), cwd=ROOT, start_new_session=True, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "shards" / "shard-000001.json").exists():
+        assert driver.poll() is None
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGTERM)  # the driver only: it ends its embedded Ray itself
+    _, err = driver.communicate(timeout=120)
+    assert driver.returncode == 143, err[-3000:]
+    assert "SystemExit" not in err
+    run = json.loads((out / "run.json").read_text())
+    assert run["state"] == "interrupted"
+    result = subprocess.run(job_command(out), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert_same_outputs(out, clean_run)

@@ -249,8 +249,10 @@ sys.exit(jobs.label.main({argv!r}, backend=LocalBackend(Slowed(BrightnessSegment
 """
 
 
-def test_sigterm_ends_the_run_as_interrupted_and_resumable(tmp_path):
-    """Before: exit 1, state failed, 'SystemExit: 1' (Ray's handler) and a stack dump."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_winds_the_run_down_interrupted_and_resumable(tmp_path, signum):
+    """Before: SIGTERM gave exit 1, state failed, 'SystemExit: 1' (Ray's handler) and a stack
+    dump. Now the attempt in flight finishes, no new one starts, and the run says so."""
     root = make_dataset(tmp_path)
     assert run_labelling(config_for(root, output=str(root / "clean")), fake()).ok
     argv = [*job_args(root), "--images-per-call", "1", "--shard-size", "3"]
@@ -258,14 +260,18 @@ def test_sigterm_ends_the_run_as_interrupted_and_resumable(tmp_path):
     driver = subprocess.Popen(
         [sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.PIPE, text=True
     )
+    shards = root / "out" / "shards"
     deadline = time.monotonic() + 60
-    while not (root / "out" / "shards" / "shard-000000.json").exists():
+    while not (shards / "shard-000000.json").exists():
         assert time.monotonic() < deadline and driver.poll() is None
         time.sleep(0.05)
-    driver.send_signal(signal.SIGTERM)
+    time.sleep(0.5)  # shard 1 is in flight now: its 3 images take 0.5 s each
+    driver.send_signal(signum)
     _, err = driver.communicate(timeout=60)
-    assert driver.returncode == 143, err[-2000:]
-    assert "resumable with the same command" in err
+    assert driver.returncode == 128 + signum, err[-2000:]
+    assert "resumable with the same command" in err and "stopping: no new shard" in err
+    assert (shards / "shard-000001.json").exists()  # the attempt in flight finished
+    assert not (shards / "shard-000002.json").exists()  # and no new one started
     run = json.loads((root / "out" / "run.json").read_text())
     assert run["state"] == "interrupted"
     assert not (root / "out" / LEASE).exists()  # released on the way out

@@ -65,7 +65,9 @@ class ShardEntry:
             decoding, encoding and writing.
         annotations: annotations written, when done.
         failures_by_error: failed images by error class, when done.
-        retries: retried attempts by cause: ``died`` (worker lost), ``oom``, ``timeout``.
+        retries: retried attempts by cause: ``died`` (worker lost), ``oom``, ``timeout``,
+            ``disk_full``.
+        node: the model worker that labelled the shard (host, and Ray node), when done.
         error: the last error, as ``"Class: message"``.
         traceback: the traceback of a failed shard, when there is one.
     """
@@ -85,6 +87,7 @@ class ShardEntry:
     seconds: float = 0.0
     host_seconds: float = 0.0
     retries: dict[str, int] = field(default_factory=dict)
+    node: str = ""
     error: str | None = None
     traceback: str | None = None
     updated: str = ""
@@ -110,6 +113,7 @@ _SCHEMA = pa.schema(
         ("seconds", pa.float64()),
         ("host_seconds", pa.float64()),
         ("retries", _TEXT),
+        ("node", _TEXT),
         ("error", _TEXT),
         ("traceback", _TEXT),
         ("updated", _TEXT),
@@ -237,11 +241,13 @@ class Ledger:
 
 
 _FIELDS = frozenset(f.name for f in fields(ShardEntry))
+_ADDED = {"node": ""}  # fields added since the format began, and their value in older files
 
 
 def _state_entries(data: bytes) -> dict[int, ShardEntry]:
     table = pq.read_table(io.BytesIO(data))
-    if not table.schema.equals(_SCHEMA):
+    missing = set(_SCHEMA.names) - set(table.schema.names)
+    if missing - _ADDED.keys() or set(table.schema.names) - set(_SCHEMA.names):
         raise ValueError(f"unexpected columns {table.schema.names}")
     return {row["shard"]: _entry(row) for row in table.to_pylist()}
 
@@ -259,10 +265,10 @@ def _row(entry: ShardEntry) -> dict[str, Any]:
 
 def _entry(row: dict[str, Any]) -> ShardEntry:
     """An entry from a state row or a segment line; anything else raises ``ValueError``."""
-    if not isinstance(row, dict) or row.keys() != _FIELDS:
+    if not isinstance(row, dict) or (_FIELDS - row.keys()) - _ADDED.keys() or row.keys() - _FIELDS:
         found = sorted(row) if isinstance(row, dict) else type(row).__name__
         raise ValueError(f"not a ledger entry (fields {found})")
-    values = dict(row)
+    values = {**_ADDED, **row}
     for name in _DICTS:
         if isinstance(values.get(name), str):
             values[name] = json.loads(values[name])

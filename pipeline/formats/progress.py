@@ -106,6 +106,17 @@ class Progress:
         images by error: summed over the finished shards (no shard file is read)."""
         return totals(self.entries.values(), self.unplanned.values())
 
+    def by_node(self) -> dict[str, tuple[int, int]]:
+        """Finished shards and their labelled images, by the model worker that labelled them
+        (``""``: not recorded, as by markers alone or older ledgers)."""
+        counts: dict[str, tuple[int, int]] = {}
+        finished = [(e.node, e.images_done) for e in self.done]
+        finished += [("", m.images) for m in self.unplanned.values()]
+        for node, images in finished:
+            shards, total = counts.get(node, (0, 0))
+            counts[node] = (shards + 1, total + images)
+        return counts
+
     def retries(self) -> Counter[str]:
         """Retried attempts by cause, over the run."""
         return sum((Counter(e.retries) for e in self.entries.values()), Counter())

@@ -37,6 +37,10 @@ def describe_status(storage: Storage, tracebacks: bool = False) -> tuple[str, bo
         )
     )
     lines.append(f"images: {totals['images_labelled']} labelled, {totals['images_failed']} failed")
+    by_node = progress.by_node()
+    if len(by_node) > 1 or (by_node and "" not in by_node):
+        for node, (shards, images) in sorted(by_node.items()):
+            lines.append(f"  {node or '(not recorded)'}: {shards} shards, {images} images")
     retries = progress.retries()
     if retries:
         lines.append(

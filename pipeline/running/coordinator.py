@@ -49,6 +49,7 @@ from pipeline.running.recipe import Resolution, SegmenterSpec
 from pipeline.running.records import coco_info, now, run_record
 from pipeline.running.resume import plan_with_previous
 from pipeline.running.stages import ShardSettings
+from pipeline.running.stop import StopRequest
 
 log = logging.getLogger(__name__)
 
@@ -167,13 +168,27 @@ def prepare_run(config: RunConfig, allow_config_change: bool = False) -> Prepare
     return PreparedRun(config, vocabulary, manifest, plan, entries, previous, uris, weights)
 
 
+@dataclass(frozen=True, slots=True)
+class _Session:
+    """One execution of a prepared run: where it writes, its lease, and what it was told."""
+
+    storage: Storage
+    lease: Lease
+    started: float
+    allow_config_change: bool
+    retry_failed: bool
+    stop: StopRequest | None
+
+
 def execute(
     run: PreparedRun,
     backend: Backend,
     allow_config_change: bool = False,
     retry_failed: bool = False,
+    stop: StopRequest | None = None,
 ) -> RunSummary:
-    """Steps 2-4 of a prepared run on ``backend`` (closed at the end)."""
+    """Steps 2-4 of a prepared run on ``backend`` (closed at the end); ``stop``, once
+    requested (by a signal), winds the run down (:mod:`pipeline.running.stop`)."""
     started = time.time()
     config = run.config
     if run.complete(retry_failed):
@@ -181,22 +196,14 @@ def execute(
     storage = Storage(config.output)
     try:
         with acquire(storage, Owner.here()) as lease:
-            return _execute(
-                run, backend, storage, lease, started, allow_config_change, retry_failed
-            )
+            session = _Session(storage, lease, started, allow_config_change, retry_failed, stop)
+            return _execute(run, backend, session)
     finally:
         backend.close()
 
 
-def _execute(
-    run: PreparedRun,
-    backend: Backend,
-    storage: Storage,
-    lease: Lease,
-    started: float,
-    allow_config_change: bool,
-    retry_failed: bool,
-) -> RunSummary:
+def _execute(run: PreparedRun, backend: Backend, session: _Session) -> RunSummary:
+    storage, started = session.storage, session.started
     config, vocabulary = run.config, run.vocabulary
     try:
         resolution = backend.resolve(
@@ -219,14 +226,12 @@ def _execute(
     fingerprint = labelling_fingerprint(
         config.labelling, resolution.spec.method, weights, vocabulary.fingerprint
     )
-    _check_fingerprint(storage, run.previous, fingerprint, allow_config_change)
+    _check_fingerprint(storage, run.previous, fingerprint, session.allow_config_change)
     _record(
         storage, run_record(config, vocabulary, resolution, fingerprint, started, RunState.RUNNING)
     )
     try:
-        result, retries = _label(
-            run, backend, storage, lease, resolution, fingerprint, retry_failed
-        )
+        result, retries = _label(run, backend, session, resolution, fingerprint)
     except LeaseLostError:
         raise  # another driver owns the output now: its run.json is not ours to write
     except BaseException as err:
@@ -239,7 +244,7 @@ def _execute(
     record = run_record(config, vocabulary, resolution, fingerprint, started, state)
     record["counts"] = result
     record["timings"].update(finished=now(), seconds=round(seconds, 3))
-    lease.verify()
+    session.lease.verify()
     _record(storage, record)
     return _summary(result, seconds, retries)
 
@@ -285,14 +290,12 @@ def _record(storage: Storage, record: dict[str, Any]) -> None:
 def _label(
     run: PreparedRun,
     backend: Backend,
-    storage: Storage,
-    lease: Lease,
+    session: _Session,
     resolution: Resolution,
     fingerprint: str,
-    retry_failed: bool,
 ) -> tuple[dict[str, Any], dict[str, int]]:
     """Steps 3-4: persist the plan, dispatch, merge; return the counts and retries by cause."""
-    config = run.config
+    config, storage, retry_failed = run.config, session.storage, session.retry_failed
     labelling, execution = config.labelling, config.execution
     entries = dict(run.entries)
     retried = {
@@ -302,7 +305,7 @@ def _label(
     }
     for index in retried:
         entries[index] = replace(entries[index], attempts=0)
-    ledger = Ledger(storage, guard=lease.verify)
+    ledger = Ledger(storage, guard=session.lease.verify)
     ledger.compact(entries)  # the plan, durable before any shard runs
     todo = [
         s
@@ -332,7 +335,15 @@ def _label(
         )
         executor = backend.executor(config, resolution.spec, settings)
         try:
-            retries = dispatch(executor, todo, ledger, execution.max_attempts, retried)
+            retries = dispatch(
+                executor,
+                todo,
+                ledger,
+                execution.max_attempts,
+                retried,
+                session.stop,
+                execution.stop_timeout_s,
+            )
         finally:
             executor.shutdown()
             ledger.flush()

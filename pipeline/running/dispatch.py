@@ -22,6 +22,7 @@ from pipeline.formats.descriptors import Shard
 from pipeline.formats.ledger import Ledger, ShardEntry, ShardState
 from pipeline.running.executors import Executor, Outcome, OutcomeKind
 from pipeline.running.stages import ShardTask
+from pipeline.running.stop import StopRequest
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ def dispatch(
     ledger: Ledger,
     max_attempts: int,
     retried: set[int],
+    stop: StopRequest | None = None,
+    stop_timeout_s: float = 60.0,
 ) -> dict[str, int]:
     """Run ``todo`` to the end, at most ``executor.capacity`` attempts in flight.
 
@@ -54,6 +57,8 @@ def dispatch(
         ledger: holds every shard's entry; each ended attempt is recorded there.
         max_attempts: tries per shard for retryable causes (``died``, ``oom``, ``timeout``).
         retried: shards whose failed images only are relabelled (``--retry-failed``).
+        stop: once requested, no shard is submitted; the attempts in flight may finish
+            within ``stop_timeout_s``, then :class:`Stopped` is raised.
 
     Returns:
         The retried attempts by cause.
@@ -61,7 +66,9 @@ def dispatch(
     Raises:
         SetupError: a worker could not build its model; the run must end.
         DiskFullError: the output ran out of space; the shards in flight stay pending.
+        Stopped: ``stop`` was requested (the attempts not finished stay pending).
     """
+    stop = stop or StopRequest()
     entries = ledger.entries
     state = _Shards(
         todo={s.index: s for s in todo},
@@ -75,11 +82,27 @@ def dispatch(
     finished = 0  # images of shards that ended
     retries: Counter[str] = Counter()
     disk_full: Outcome | None = None
+    said_stopping = False
     with tqdm(
         total=sum(state.work.values()), unit="img", desc="labelling", dynamic_ncols=True
     ) as bar:
-        while (state.queue and disk_full is None) or in_flight:
-            while state.queue and disk_full is None and in_flight < executor.capacity:
+        while (state.queue and disk_full is None and not stop.requested) or in_flight:
+            if stop.requested and not said_stopping:
+                said_stopping = True
+                log.warning(
+                    "stopping: no new shard; the %d attempts in flight may finish within %.0f s",
+                    in_flight,
+                    stop_timeout_s,
+                )
+            if stop.overdue(stop_timeout_s):
+                log.warning("stopping: %d attempts in flight given back", in_flight)
+                raise stop.stopped()
+            while (
+                state.queue
+                and disk_full is None
+                and not stop.requested
+                and in_flight < executor.capacity
+            ):
                 task = _next_task(state, entries, max_attempts, retried)
                 if task.isolate:
                     state.isolated.add(task.shard.index)
@@ -112,6 +135,11 @@ def dispatch(
                 bar.update(labelled - bar.n)  # tqdm redraws at most every 0.1 s
     if disk_full is not None:
         raise DiskFullError(disk_full.error or "no space left on the output")
+    if stop.requested and state.queue:
+        if not said_stopping:
+            log.warning("stopping: no new shard; nothing was in flight")
+        log.warning("stopped: %d shards left for the resume", len(state.queue))
+        raise stop.stopped()
     return dict(retries)
 
 
@@ -176,6 +204,7 @@ def _after_attempt(
                 failures_by_error=r.failures_by_error,
                 seconds=r.seconds,
                 host_seconds=r.host_seconds,
+                node=r.node,
                 error=None,
                 traceback=None,
             )

@@ -95,6 +95,8 @@ class _Slot:
     """One worker: its actor, the attempts queued on it in order, and its model's state."""
 
     actor: Any
+    decode: Any  # the host tasks, placed on the actor's node once it is known
+    encode: Any
     setup_ref: Any = None
     setup_since: float = field(default_factory=time.monotonic)
     setup_failures: int = 0
@@ -151,16 +153,17 @@ class RayExecutor:
         self._progress_read = 0.0
         self._actor_class = ray.remote(LabelWorker).options(**options)
         self._actor_args = (factory, settings, output, _Notify(self._board))
-        self._slots = [
-            _Slot(self._actor_class.remote(*self._actor_args)) for _ in range(num_workers)
-        ]
-        for slot in self._slots:
-            slot.setup_ref = slot.actor.setup.remote()
         # Host stages: idempotent, so Ray may rerun one whose worker died (its own retries).
         self._settings_ref = ray.put(settings)
         host_cpus = 1 if "num_gpus" in options else 0
         self._decode = ray.remote(num_cpus=host_cpus)(decode_stage)
         self._encode = ray.remote(num_cpus=host_cpus)(encode_stage)
+        self._slots = [
+            _Slot(self._actor_class.remote(*self._actor_args), self._decode, self._encode)
+            for _ in range(num_workers)
+        ]
+        for slot in self._slots:
+            slot.setup_ref = slot.actor.setup.remote()
         log.info(
             "building %d model workers (%s), each loading the model; host tasks hold %d CPU each",
             num_workers,
@@ -182,9 +185,9 @@ class RayExecutor:
             self._board.note.remote(task.shard.index, 0, ())
         slot = min((s for s in self._slots if s.ready), key=lambda s: len(s.attempts))
         started = None if slot.attempts else time.monotonic()
-        decoded = self._decode.remote(task, self._settings_ref, self._output)
+        decoded = slot.decode.remote(task, self._settings_ref, self._output)
         segmented = slot.actor.segment.remote(decoded)
-        written = self._encode.remote(segmented, self._settings_ref, self._output)
+        written = slot.encode.remote(segmented, self._settings_ref, self._output)
         slot.attempts.append(_Attempt(written, task, started, (decoded, written)))
 
     def wait(self) -> list[Outcome]:
@@ -226,6 +229,7 @@ class RayExecutor:
         try:
             self._ray.get(slot.setup_ref)
             slot.setup_ref = None
+            self._locate(slot)
             ready = sum(s.ready for s in self._slots)
             log.info("model worker ready (%d of %d)", ready, len(self._slots))
             return
@@ -357,6 +361,20 @@ class RayExecutor:
             self._recover(slot)
         return ended
 
+    def _locate(self, slot: _Slot) -> None:
+        """Place the slot's host tasks on its actor's node (softly: elsewhere if that node
+        is full or gone), so a shard's pixels never cross the network between stages."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        try:
+            node = self._ray.get(slot.actor.node_id.remote(), timeout=60)
+        except self._ray.exceptions.RayError:  # the host tasks go where Ray likes
+            slot.decode, slot.encode = self._decode, self._encode
+            return
+        near = NodeAffinitySchedulingStrategy(node, soft=True)
+        slot.decode = self._decode.options(scheduling_strategy=near)
+        slot.encode = self._encode.options(scheduling_strategy=near)
+
     def _recover(self, slot: _Slot, timeout_s: float = 300.0) -> None:
         """Wait until the slot's actor answers again; replace it if Ray gave up on it.
 
@@ -367,6 +385,7 @@ class RayExecutor:
         while True:
             try:
                 self._ray.get(slot.actor.pid.remote(), timeout=60)
+                self._locate(slot)  # a restarted actor may be on another node
                 return
             except exceptions.ActorDiedError:  # out of restarts: a fresh actor takes its place
                 slot.actor = self._actor_class.remote(*self._actor_args)
@@ -381,7 +400,12 @@ def _actor_options(
     resources: dict[str, float], num_workers: int, model_cpus: float | None
 ) -> dict[str, Any]:
     """One GPU per actor where the cluster has GPUs, else an even share of the CPUs."""
-    options: dict[str, Any] = {"max_restarts": -1, "max_task_retries": 0}
+    # SPREAD: one actor per node where it can, so a lost node takes few of them
+    options: dict[str, Any] = {
+        "max_restarts": -1,
+        "max_task_retries": 0,
+        "scheduling_strategy": "SPREAD",
+    }
     cpus = int(resources.get("CPU", 1))
     if resources.get("GPU", 0) >= 1:
         options.update(num_gpus=1, num_cpus=1 if model_cpus is None else model_cpus)

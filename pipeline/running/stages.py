@@ -119,6 +119,7 @@ class ShardResult:
     Attributes:
         seconds: wall time of the attempt's stages (decode, segment, encode), summed.
         host_seconds: of which reading, decoding, encoding and writing.
+        node: the model worker that labelled the shard (its host, and Ray node on Ray).
     """
 
     shard: int
@@ -128,6 +129,7 @@ class ShardResult:
     failures_by_error: dict[str, int]
     seconds: float
     host_seconds: float = 0.0
+    node: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +163,7 @@ class SegmentedShard:
     failures: tuple[dict[str, Any], ...]
     host_seconds: float
     seconds: float
+    node: str = ""  # the model worker's, set by it
 
 
 def process_shard(
@@ -288,6 +291,7 @@ def encode_shard(
         marker.failures_by_error,
         segmented.seconds + host,
         segmented.host_seconds + host,
+        segmented.node,
     )
 
 

@@ -1,48 +1,14 @@
-"""How a labelling job ends, for its user: the closing lines, the exit code and message of a
-run that raised, and stopping on SIGTERM as on SIGINT (interrupted and resumable)."""
+"""How a labelling job ends, for its user: the closing lines, and the exit code and message
+of a run that raised."""
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
 import traceback
-from collections.abc import Iterator
-from types import FrameType
 
 from pipeline.errors import DiskFullError, InputError, SetupError
 from pipeline.running.coordinator import RunSummary
 from pipeline.running.lease import LeaseLostError
-
-
-class Stopped(KeyboardInterrupt):
-    """The driver was told to stop (SIGTERM: ``ray job stop``, a scheduler, ``kill``).
-
-    Attributes:
-        code: the exit code that says so (128 + the signal's number).
-    """
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"stopped by signal {signal.Signals(signum).name}")
-        self.code = 128 + signum
-
-
-@contextlib.contextmanager
-def stop_on_sigterm() -> Iterator[None]:
-    """Within the block, SIGTERM raises :class:`Stopped` (a ``KeyboardInterrupt``), so a
-    terminated run ends as an interrupted one: recorded, resumable, exit 143."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        raise Stopped(signum)
-
-    before = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, before)
+from pipeline.running.stop import Stopped
 
 
 def ending(err: BaseException, output: str) -> tuple[int, str]:

@@ -9,8 +9,10 @@ itself is :mod:`pipeline.running.stages`, which knows nothing about Ray.
 from __future__ import annotations
 
 import os
+import socket
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 
 from pipeline.errors import SetupError, describe, is_out_of_memory, plain
 from pipeline.formats.storage import Storage
@@ -56,6 +58,7 @@ class LabelWorker:
         self._output = output
         self._on_progress = on_progress
         self._segmenter: SegmenterLike | None = None
+        self._node: str | None = None
 
     def setup(self) -> int:
         """Build the segmenter if not built yet; return the worker's process id.
@@ -76,14 +79,35 @@ class LabelWorker:
     def segment(self, decoded: DecodedShard) -> SegmentedShard:
         self.setup()  # a no-op unless Ray restarted this actor
         assert self._segmenter is not None
-        return segment_shard(self._segmenter, decoded, self._settings, self._on_progress)
+        segmented = segment_shard(self._segmenter, decoded, self._settings, self._on_progress)
+        return replace(segmented, node=self.node())
+
+    def node_id(self) -> str | None:
+        """This actor's Ray node id (``None`` outside Ray): its host tasks are placed there."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+    def node(self) -> str:
+        """Where this worker runs: its host, and its Ray node's id when it is a Ray actor."""
+        if self._node is None:
+            self._node = socket.gethostname()
+            try:
+                import ray
+
+                if ray.is_initialized():
+                    self._node += f" (node {ray.get_runtime_context().get_node_id()[:12]})"
+            except ImportError:  # pragma: no cover - Ray is a dependency
+                pass
+        return self._node
 
     def process(self, task: ShardTask) -> ShardResult:
         """All three stages, in this process."""
         self.setup()
         assert self._segmenter is not None
         storage = Storage(self._output)
-        return process_shard(self._segmenter, task, self._settings, storage, self._on_progress)
+        result = process_shard(self._segmenter, task, self._settings, storage, self._on_progress)
+        return replace(result, node=self.node())
 
     def pid(self) -> int:
         """The worker's process id: answers once the actor is (re)built; tests kill it."""
