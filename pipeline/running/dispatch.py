@@ -27,6 +27,7 @@ from pipeline.running.stop import StopRequest
 log = logging.getLogger(__name__)
 
 WORKER_LOST = "WorkerLost"  # the failure record's ``error`` for an image that lost its worker
+MAX_NODE_LOSSES = 5  # a shard retried this often because its node was lost: then it counts
 
 
 @dataclass(slots=True)
@@ -118,7 +119,7 @@ def dispatch(
                 else:
                     entry = _after_attempt(outcome, entry, ledger, max_attempts)
                 entries[outcome.shard] = entry
-                if outcome.kind.retryable or outcome.kind == OutcomeKind.DISK_FULL:
+                if outcome.kind.retryable or outcome.kind in _COUNTED:
                     retries[outcome.kind] += 1
                 if outcome.kind == OutcomeKind.DISK_FULL:
                     disk_full = disk_full or outcome
@@ -211,6 +212,21 @@ def _after_attempt(
         )
     if kind == OutcomeKind.INTERRUPTED:  # it never ran: the attempt is given back
         return replace(entry, state=ShardState.PENDING, attempts=entry.attempts - 1)
+    if kind == OutcomeKind.NODE_LOST:
+        retries = {**entry.retries, kind: entry.retries.get(kind, 0) + 1}
+        if retries[kind] <= MAX_NODE_LOSSES:  # not the shard's fault: the attempt given back
+            log.warning("shard %d: %s; retrying elsewhere", entry.shard, outcome.error)
+            return ledger.write(
+                replace(
+                    entry,
+                    state=ShardState.PENDING,
+                    attempts=entry.attempts - 1,
+                    retries=retries,
+                    error=outcome.error,
+                )
+            )
+        entry = replace(entry, retries=retries)  # past the bound: counted as a lost worker
+        kind = OutcomeKind.DIED
     if kind == OutcomeKind.DISK_FULL:  # a resource, not the shard's fault: left for the resume
         retries = {**entry.retries, kind: entry.retries.get(kind, 0) + 1}
         return ledger.write(
@@ -260,6 +276,9 @@ def _after_attempt(
             traceback=plain(outcome.traceback or "") or None,
         )
     )
+
+
+_COUNTED = (OutcomeKind.DISK_FULL, OutcomeKind.NODE_LOST)  # retried, not as attempts
 
 
 def _causes(retries: dict[str, int]) -> str:

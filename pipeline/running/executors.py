@@ -27,9 +27,11 @@ class OutcomeKind(StrEnum):
 
     ``done``; ``error``: our code raised (a bug, not retried); ``setup``: the worker's
     segmenter could not be built (the run ends); ``died``, ``oom``, ``timeout``: retryable
-    (a lost worker, memory, a hung attempt); ``disk_full``: the output ran out of space (the
-    run ends, the shard stays pending for the resume); ``interrupted``: queued behind an
-    attempt whose worker was lost or restarted: it never started, so it costs no attempt.
+    (a lost worker, memory, a hung attempt); ``node_lost``: the worker's node was lost (a spot
+    preemption, a crashed raylet): retried without spending the shard's attempts, a bounded
+    number of times; ``disk_full``: the output ran out of space (the run ends, the shard stays
+    pending for the resume); ``interrupted``: queued behind an attempt whose worker was lost
+    or restarted: it never started, so it costs no attempt.
     """
 
     DONE = "done"
@@ -38,6 +40,7 @@ class OutcomeKind(StrEnum):
     DIED = "died"
     OOM = "oom"
     TIMEOUT = "timeout"
+    NODE_LOST = "node_lost"
     DISK_FULL = "disk_full"
     INTERRUPTED = "interrupted"
 

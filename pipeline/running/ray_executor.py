@@ -101,10 +101,13 @@ class _Slot:
     setup_since: float = field(default_factory=time.monotonic)
     setup_failures: int = 0
     attempts: deque[_Attempt] = field(default_factory=deque)
+    node_id: str | None = None  # the actor's Ray node, once known
+    recover_ref: Any = None  # a call the actor answers once Ray has restarted it
+    recover_since: float = 0.0
 
     @property
     def ready(self) -> bool:
-        return self.setup_ref is None
+        return self.setup_ref is None and self.recover_ref is None
 
 
 class RayExecutor:
@@ -136,6 +139,7 @@ class RayExecutor:
         setup_timeout_s: float = 1800.0,
         setup_attempts: int = 3,
         model_cpus: float | None = None,
+        recover_timeout_s: float = 60.0,
     ) -> None:
         import ray
 
@@ -144,6 +148,7 @@ class RayExecutor:
         self._shard_timeout_s = shard_timeout_s
         self._setup_timeout_s = setup_timeout_s
         self._setup_attempts = setup_attempts
+        self._recover_timeout_s = recover_timeout_s
         self._output = output
         resources = ray.cluster_resources()
         num_workers = num_workers or max(1, int(resources.get("GPU", 0)))
@@ -192,7 +197,8 @@ class RayExecutor:
 
     def wait(self) -> list[Outcome]:
         refs = {a.ref: slot for slot in self._slots for a in slot.attempts}
-        refs.update({slot.setup_ref: slot for slot in self._slots if not slot.ready})
+        refs.update({s.setup_ref: s for s in self._slots if s.setup_ref is not None})
+        refs.update({s.recover_ref: s for s in self._slots if s.recover_ref is not None})
         if not refs:
             return []
         deadline = self._next_deadline()
@@ -203,6 +209,9 @@ class RayExecutor:
         slot = refs[ready[0]]
         if ready[0] is slot.setup_ref:
             self._setup_ended(slot)
+            return []
+        if ready[0] is slot.recover_ref:
+            self._recovered(slot)
             return []
         return self._attempt_ended(slot, ready[0])
 
@@ -230,8 +239,7 @@ class RayExecutor:
             self._ray.get(slot.setup_ref)
             slot.setup_ref = None
             self._locate(slot)
-            ready = sum(s.ready for s in self._slots)
-            log.info("model worker ready (%d of %d)", ready, len(self._slots))
+            log.info("model worker ready (%d of %d)", self._ready(), len(self._slots))
             return
         except exceptions.RayTaskError as err:
             cause = getattr(err, "cause", None) or err
@@ -248,8 +256,8 @@ class RayExecutor:
                 f"a worker died {slot.setup_failures} times while building its model; last: {why}"
             )
         log.warning("a worker died while building its model (%s); building it again", why)
-        self._recover(slot)
-        slot.setup_ref, slot.setup_since = slot.actor.setup.remote(), time.monotonic()
+        slot.setup_ref = None
+        self._recover(slot)  # its model is built again once it answers
 
     # ---- attempts -----------------------------------------------------------------------
 
@@ -265,11 +273,11 @@ class RayExecutor:
         # those queued behind never started.
         head = slot.attempts[0]
         in_progress = self._in_progress(head.task.shard.index)
-        ended = [
-            Outcome(
-                head.task.shard.index, outcome.kind, error=outcome.error, in_progress=in_progress
-            )
-        ]
+        kind, error = outcome.kind, outcome.error
+        if not self._node_alive(slot.node_id):  # preempted, or its raylet crashed
+            kind = OutcomeKind.NODE_LOST
+            error = f"NodeLost: the node of its model worker was lost ({error})"
+        ended = [Outcome(head.task.shard.index, kind, error=error, in_progress=in_progress)]
         ended += [_interrupted(a) for a in list(slot.attempts)[1:]]
         slot.attempts.clear()
         self._recover(slot)
@@ -322,13 +330,15 @@ class RayExecutor:
             for s in self._slots
             if s.attempts and s.attempts[0].started is not None
         ]
-        ends += [s.setup_since + self._setup_timeout_s for s in self._slots if not s.ready]
+        ends += [s.setup_since + self._setup_timeout_s for s in self._slots if s.setup_ref]
+        ends += [s.recover_since + self._recover_timeout_s for s in self._slots if s.recover_ref]
         return max(0.0, min(ends) - now) if ends else None
 
     def _expire(self) -> list[Outcome]:
         """Restart the actors of overdue attempts; fail the run if no model could be built."""
         now = time.monotonic()
-        late_setup = [s for s in self._slots if not s.ready]
+        self._drop_unrecovered(now)
+        late_setup = [s for s in self._slots if s.setup_ref is not None]
         if late_setup and all(now - s.setup_since >= self._setup_timeout_s for s in late_setup):
             if not any(s.ready for s in self._slots):
                 raise SetupError(
@@ -369,31 +379,67 @@ class RayExecutor:
         try:
             node = self._ray.get(slot.actor.node_id.remote(), timeout=60)
         except self._ray.exceptions.RayError:  # the host tasks go where Ray likes
-            slot.decode, slot.encode = self._decode, self._encode
+            slot.decode, slot.encode, slot.node_id = self._decode, self._encode, None
             return
+        slot.node_id = node
         near = NodeAffinitySchedulingStrategy(node, soft=True)
         slot.decode = self._decode.options(scheduling_strategy=near)
         slot.encode = self._encode.options(scheduling_strategy=near)
 
-    def _recover(self, slot: _Slot, timeout_s: float = 300.0) -> None:
-        """Wait until the slot's actor answers again; replace it if Ray gave up on it.
+    def _recover(self, slot: _Slot) -> None:
+        """Take the slot out of the pool until its actor answers again (Ray restarts it,
+        maybe on another node): attempts sent meanwhile would fail at once and burn their
+        tries. Nothing waits here: the other actors keep working."""
+        slot.recover_ref, slot.recover_since = slot.actor.pid.remote(), time.monotonic()
 
-        Attempts sent while Ray restarts an actor would fail at once and burn their tries.
-        """
+    def _recovered(self, slot: _Slot) -> None:
+        """The slot's call after a loss answered: its model is built again (the slot joins
+        the pool once it is, on whichever node the actor now runs), or it is asked again."""
         exceptions = self._ray.exceptions
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                self._ray.get(slot.actor.pid.remote(), timeout=60)
-                self._locate(slot)  # a restarted actor may be on another node
-                return
-            except exceptions.ActorDiedError:  # out of restarts: a fresh actor takes its place
-                slot.actor = self._actor_class.remote(*self._actor_args)
-                return
-            except (exceptions.ActorUnavailableError, exceptions.GetTimeoutError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+        try:
+            self._ray.get(slot.recover_ref)
+        except exceptions.ActorDiedError:  # out of restarts: a fresh actor takes its place
+            slot.actor = self._actor_class.remote(*self._actor_args)
+        except (exceptions.ActorUnavailableError, exceptions.RayActorError):
+            slot.recover_ref = slot.actor.pid.remote()  # still restarting: ask again
+            return
+        slot.recover_ref = None
+        slot.setup_ref, slot.setup_since = slot.actor.setup.remote(), time.monotonic()
+
+    def _drop_unrecovered(self, now: float) -> None:
+        """Drop the slots whose actor could not be placed again in time (its node lost, and
+        no other node free): the pool shrinks and the run goes on with the others."""
+        late = [
+            s
+            for s in self._slots
+            if s.recover_ref is not None and now - s.recover_since >= self._recover_timeout_s
+        ]
+        for slot in late:
+            self._ray.kill(slot.actor, no_restart=True)
+            self._slots.remove(slot)
+            log.warning(
+                "a model worker could not be placed again within %.0f s (its node lost, and "
+                "no node free for it); going on with %d",
+                self._recover_timeout_s,
+                len(self._slots),
+            )
+        if late and not self._slots:
+            raise SetupError(
+                "every model worker was lost and none could be placed again within "
+                f"{self._recover_timeout_s:.0f} s: the cluster has no node left that can hold one"
+            )
+
+    def _ready(self) -> int:
+        return sum(s.ready for s in self._slots)
+
+    def _node_alive(self, node_id: str | None) -> bool:
+        """Whether Ray still counts ``node_id`` among its live nodes (unknown: yes)."""
+        if node_id is None:
+            return True
+        try:
+            return any(n["NodeID"] == node_id and n["Alive"] for n in self._ray.nodes())
+        except self._ray.exceptions.RayError:
+            return True
 
 
 def _actor_options(
