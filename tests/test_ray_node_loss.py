@@ -3,12 +3,17 @@ CPUs and two one-CPU raylets, one of which is killed while the run labels."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
 import threading
 import time
 
 import fakes
 import pytest
 from fakes import BrightnessSegmenter, Slowed
+from test_cluster import ray_cli
 from test_pipeline_local import assert_same_outputs, config_for, make_dataset
 
 from pipeline import LocalBackend, RayBackend, run_labelling
@@ -55,6 +60,57 @@ def test_a_node_lost_mid_run_the_run_goes_on_and_equals_a_clean_run(tmp_path):
         # host task of its own accord): when one was, it is retried as node_lost or died.
         assert set(summary.retries) <= {"node_lost", "died"}, summary.retries
         assert_same_outputs(root / "out", root / "clean")
+    finally:
+        ray.shutdown()
+        cloudpickle.unregister_pickle_by_value(fakes)
+        cluster.shutdown()
+
+
+def test_a_node_that_joins_mid_run_gets_a_model_worker(tmp_path):
+    """Before: the pool was counted once at start; a node added at 20 % ran nothing."""
+    ray = pytest.importorskip("ray")
+    from ray import cloudpickle
+    from ray.cluster_utils import Cluster
+
+    from pipeline.formats.ledger import Ledger
+    from pipeline.formats.storage import Storage
+
+    root = make_dataset(tmp_path, count=40)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    cloudpickle.register_pickle_by_value(fakes)
+    ray.init(address=cluster.address)
+    try:
+        config = config_for(root, shard_size=1, model_cpus=1)
+        shards = root / "out" / "shards"
+
+        joined: list[subprocess.Popen] = []
+
+        def join_when_started() -> None:  # a raylet of its own, as a new node joins
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and len(list(shards.glob("shard-*.json"))) < 2:
+                time.sleep(0.05)
+            command = [ray_cli(), "start", "--address", cluster.address, "--num-cpus", "1"]
+            joined.append(subprocess.Popen([*command, "--block"], start_new_session=True))
+
+        joiner = threading.Thread(target=join_when_started, daemon=True)
+        joiner.start()
+        try:
+            summary = run_labelling(config, RayBackend(factory=Slowed(BrightnessSegmenter(), 1.0)))
+        finally:
+            joiner.join(timeout=5)
+            for process in joined:  # only what this test started, by its process group
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+        assert summary.ok and summary.images_labelled == 40
+        nodes = {e.node for e in Ledger(Storage(str(root / "out"))).read().values()}
+        assert len(nodes) == 2, nodes  # the node that joined labelled shards too
     finally:
         ray.shutdown()
         cloudpickle.unregister_pickle_by_value(fakes)

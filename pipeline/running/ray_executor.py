@@ -22,6 +22,7 @@ from typing import Any
 from pipeline.errors import SetupError, describe, is_out_of_memory, plain
 from pipeline.formats.storage import Storage
 from pipeline.running.executors import Outcome, OutcomeKind, failure_kind
+from pipeline.running.pool import Node, Placement, missing, placements, shortfall
 from pipeline.running.stages import (
     DecodedShard,
     SegmentedShard,
@@ -36,6 +37,8 @@ from pipeline.running.worker import LabelWorker, SegmenterFactory
 log = logging.getLogger(__name__)
 
 POLL_S = 1.0  # the longest wait() blocks, so the driver's progress bar moves within shards
+GROW_S = 10.0  # how often the pool looks for nodes that joined (num_workers unset)
+WAIT_REPORTED_S = 60.0  # a model still waiting for resources after this is said to be
 
 
 def decode_stage(task: ShardTask, settings: ShardSettings, output: str) -> DecodedShard:
@@ -101,7 +104,9 @@ class _Slot:
     setup_since: float = field(default_factory=time.monotonic)
     setup_failures: int = 0
     attempts: deque[_Attempt] = field(default_factory=deque)
+    placement: Placement = field(default_factory=lambda: Placement({"num_cpus": 1.0}))
     node_id: str | None = None  # the actor's Ray node, once known
+    waiting_reported: bool = False  # its model waited long for resources, and the log said so
     recover_ref: Any = None  # a call the actor answers once Ray has restarted it
     recover_since: float = 0.0
 
@@ -150,29 +155,27 @@ class RayExecutor:
         self._setup_attempts = setup_attempts
         self._recover_timeout_s = recover_timeout_s
         self._output = output
-        resources = ray.cluster_resources()
-        num_workers = num_workers or max(1, int(resources.get("GPU", 0)))
-        options = _actor_options(resources, num_workers, model_cpus)
+        self._num_workers, self._model_cpus = num_workers, model_cpus
         self._board: Any = ray.remote(num_cpus=0)(ProgressBoard).remote()
         self._progress: dict[int, tuple[int, tuple[Any, ...]]] = {}
         self._progress_read = 0.0
-        self._actor_class = ray.remote(LabelWorker).options(**options)
+        self._actor_base = ray.remote(LabelWorker)
         self._actor_args = (factory, settings, output, _Notify(self._board))
-        # Host stages: idempotent, so Ray may rerun one whose worker died (its own retries).
         self._settings_ref = ray.put(settings)
-        host_cpus = 1 if "num_gpus" in options else 0
+        nodes = self._nodes()
+        wanted = placements(nodes, num_workers, model_cpus)
+        # Host stages: idempotent, so Ray may rerun one whose worker died (its own retries).
+        host_cpus = 1 if wanted[0].uses_gpu else 0
         self._decode = ray.remote(num_cpus=host_cpus)(decode_stage)
         self._encode = ray.remote(num_cpus=host_cpus)(encode_stage)
-        self._slots = [
-            _Slot(self._actor_class.remote(*self._actor_args), self._decode, self._encode)
-            for _ in range(num_workers)
-        ]
-        for slot in self._slots:
-            slot.setup_ref = slot.actor.setup.remote()
+        self._slots: list[_Slot] = []
+        self._grown = time.monotonic()
+        self._add(wanted)
+        self._ask_autoscaler(wanted, nodes)
         log.info(
             "building %d model workers (%s), each loading the model; host tasks hold %d CPU each",
-            num_workers,
-            options,
+            len(wanted),
+            wanted[0].resources,
             host_cpus,
         )
 
@@ -201,6 +204,7 @@ class RayExecutor:
         refs.update({s.recover_ref: s for s in self._slots if s.recover_ref is not None})
         if not refs:
             return []
+        self._follow_the_cluster()
         deadline = self._next_deadline()
         timeout = POLL_S if deadline is None else min(deadline, POLL_S)
         ready, _ = self._ray.wait(list(refs), num_returns=1, timeout=timeout)
@@ -392,6 +396,75 @@ class RayExecutor:
         tries. Nothing waits here: the other actors keep working."""
         slot.recover_ref, slot.recover_since = slot.actor.pid.remote(), time.monotonic()
 
+    # ---- the pool ---------------------------------------------------------------------------
+
+    def _nodes(self) -> list[Node]:
+        return [
+            Node(n["NodeID"], n["Resources"].get("CPU", 0.0), n["Resources"].get("GPU", 0.0))
+            for n in self._ray.nodes()
+            if n["Alive"]
+        ]
+
+    def _add(self, wanted: list[Placement]) -> None:
+        """Start an actor per placement; each builds its model before it takes work."""
+        for placement in wanted:
+            slot = _Slot(self._start(placement), self._decode, self._encode, placement=placement)
+            slot.setup_ref, slot.setup_since = slot.actor.setup.remote(), time.monotonic()
+            self._slots.append(slot)
+
+    def _start(self, placement: Placement) -> Any:
+        return self._actor_base.options(**placement.options()).remote(*self._actor_args)
+
+    def _follow_the_cluster(self) -> None:
+        """With ``num_workers`` unset, every ``GROW_S``: nodes that joined get actors; and a
+        model that has waited a minute for resources is said to, once."""
+        now = time.monotonic()
+        for slot in self._slots:
+            waited = now - slot.setup_since
+            if (
+                slot.setup_ref is not None
+                and waited >= WAIT_REPORTED_S
+                and not slot.waiting_reported
+            ):
+                slot.waiting_reported = True
+                log.warning(
+                    "a model worker has waited %.0f s to be placed (it asks %s): the cluster "
+                    "may not have a node that holds it (see --num-workers, --model-cpus)",
+                    waited,
+                    slot.placement.resources,
+                )
+        if self._num_workers is not None or now - self._grown < GROW_S:
+            return
+        self._grown = now
+        wanted = placements(self._nodes(), None, self._model_cpus)
+        new = missing(wanted, [s.placement for s in self._slots])
+        if new:
+            log.info("the cluster grew: starting %d more model workers", len(new))
+            self._add(new)
+
+    def _ask_autoscaler(self, wanted: list[Placement], nodes: list[Node]) -> None:
+        """Ask an autoscaling cluster for what the workers need beyond what it holds; the run
+        starts with what exists and takes the rest as nodes arrive."""
+        short = shortfall(wanted, nodes)
+        if not short:
+            return
+        log.warning(
+            "%d model workers need %s more than the cluster holds now: they start as it grows "
+            "(on a fixed cluster, lower --num-workers)",
+            len(wanted),
+            short,
+        )
+        bundles = [
+            {"CPU": p.resources.get("num_cpus", 0), "GPU": p.resources.get("num_gpus", 0)}
+            for p in wanted
+        ]
+        try:
+            from ray.autoscaler.sdk import request_resources
+
+            request_resources(bundles=[{k: v for k, v in b.items() if v} for b in bundles])
+        except Exception as err:  # no autoscaler: nothing to ask
+            log.info("could not ask the autoscaler for more nodes: %s", describe(err))
+
     def _recovered(self, slot: _Slot) -> None:
         """The slot's call after a loss answered: its model is built again (the slot joins
         the pool once it is, on whichever node the actor now runs), or it is asked again."""
@@ -399,7 +472,7 @@ class RayExecutor:
         try:
             self._ray.get(slot.recover_ref)
         except exceptions.ActorDiedError:  # out of restarts: a fresh actor takes its place
-            slot.actor = self._actor_class.remote(*self._actor_args)
+            slot.actor = self._start(slot.placement)
         except (exceptions.ActorUnavailableError, exceptions.RayActorError):
             slot.recover_ref = slot.actor.pid.remote()  # still restarting: ask again
             return
@@ -440,38 +513,6 @@ class RayExecutor:
             return any(n["NodeID"] == node_id and n["Alive"] for n in self._ray.nodes())
         except self._ray.exceptions.RayError:
             return True
-
-
-def _actor_options(
-    resources: dict[str, float], num_workers: int, model_cpus: float | None
-) -> dict[str, Any]:
-    """One GPU per actor where the cluster has GPUs, else an even share of the CPUs."""
-    # SPREAD: one actor per node where it can, so a lost node takes few of them
-    options: dict[str, Any] = {
-        "max_restarts": -1,
-        "max_task_retries": 0,
-        "scheduling_strategy": "SPREAD",
-    }
-    cpus = int(resources.get("CPU", 1))
-    if resources.get("GPU", 0) >= 1:
-        options.update(num_gpus=1, num_cpus=1 if model_cpus is None else model_cpus)
-    else:
-        # Ray caps a CPU actor's torch threads at its num_cpus: share the CPUs out (a fraction
-        # of a CPU each when there are more actors than CPUs).
-        share = cpus / num_workers if model_cpus is None else model_cpus
-        options["num_cpus"] = int(share) if share >= 1 else share
-    kind = "GPU" if "num_gpus" in options else "CPU"
-    wanted = num_workers * (options["num_gpus"] if kind == "GPU" else options["num_cpus"])
-    if wanted > resources.get(kind, 0):
-        log.warning(
-            "%d workers need %s %s but the cluster has %s now: some workers wait until the "
-            "cluster grows (lower --num-workers on a fixed cluster)",
-            num_workers,
-            wanted,
-            kind,
-            resources.get(kind, 0),
-        )
-    return options
 
 
 def _interrupted(attempt: _Attempt) -> Outcome:
