@@ -20,8 +20,15 @@ from gclip.pamr import pamr
 from gclip.vocabulary import UNLABELLED
 
 # Upsampling to the original frame proceeds in row bands of at most this many elements, so a
-# 4000 x 3000 image with 300 names needs a few hundred MB rather than several GB.
+# 4000 x 3000 image with 300 names needs a few hundred MB rather than several GB. The bands
+# are those of earlier versions on purpose: the log-sum-exp over names is one sum over a band
+# (as ``torch.logsumexp`` makes it), and torch sums a pixel in an order that depends on where
+# the pixel lies in the summed tensor, so other bands could change the last bit of a confidence.
 _BAND_ELEMENTS = 1 << 25
+# Within a band, the per-pixel work (maximum over names, labels, shifts) proceeds in row
+# blocks of at most this many pixels; none of it depends on the block (a test checks to the
+# bit), and its ~30 bytes a pixel of temporaries stay a few MB instead of hundreds.
+_BLOCK_PIXELS = 1 << 18
 # A large image is resized on the CPU in bands of at most this many input elements, so its
 # float copy is never whole: an 81 Mpx photo would otherwise take 1 GB of float32 at once.
 _RESIZE_BAND_ELEMENTS = 1 << 23
@@ -86,18 +93,17 @@ def resize_image(chw: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
         return _resize(_unit_float(chw), size_hw)  # 3 x h x w
     h, w = size_hw
     band = max(1, _RESIZE_BAND_ELEMENTS // (3 * w0))
-    columns = torch.cat(
-        [
-            _resize(_unit_float(chw[:, top : top + band]), (min(band, h0 - top), w))
-            for top in range(0, h0, band)
-        ],
-        dim=1,
-    )  # 3 x H0 x w
+    # Written band by band into one tensor: joining a list of bands would hold both at once.
+    columns = torch.empty((3, h0, w))  # 3 x H0 x w
+    for top in range(0, h0, band):
+        bottom = min(top + band, h0)
+        columns[:, top:bottom] = _resize(_unit_float(chw[:, top:bottom]), (bottom - top, w))
     return _resize(columns, (h, w))  # 3 x h x w
 
 
 def _unit_float(chw: torch.Tensor) -> torch.Tensor:
-    return chw.float() / 255.0 if chw.dtype == torch.uint8 else chw.float()  # 3 x H x W
+    # In place on the fresh float copy: a second temporary the size of the image otherwise.
+    return chw.float().div_(255.0) if chw.dtype == torch.uint8 else chw.float()  # 3 x H x W
 
 
 def _resize(chw: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
@@ -332,6 +338,8 @@ class LabelAccumulator:
     Memory, per pixel of the original frame: a float32 running maximum (which becomes the
     confidence in place) and a label; plus a float32 running log-sum-exp, unless ``names``
     says that one update brings every name (then it is used band by band and never stored).
+    While a band is folded: its scaled logits (``N x b x W0``, at most ``_BAND_ELEMENTS``
+    floats unless one row holds more) and two float32 maps of its pixels, the rest a block's.
 
     Args:
         size_hw: the original frame ``(H0, W0)``.
@@ -382,19 +390,40 @@ class LabelAccumulator:
         self, logits: torch.Tensor, classes: torch.Tensor, top: int, bottom: int, whole: bool
     ) -> None:
         """Rows ``top:bottom`` of :meth:`update` (a function, so one band's temporaries are
-        freed before the next band's are made)."""
-        rows = slice(top, bottom)
+        freed before the next band's are made).
+
+        The log-sum-exp is ``torch.logsumexp``'s own steps (amax, shift, exp, one sum, log,
+        add), written out so that the scaled logits are exponentiated in place rather than
+        copied twice, and the per-pixel steps run block by block (:meth:`_fold_block`).
+        """
         scaled = upsample_rows(logits, self._size_hw, top, bottom).mul_(self._scale)  # N x b x W0
-        best, name = scaled.max(dim=0)  # b x W0 each
-        better = best > self._best[rows]  # ties keep the earlier name, as argmax does
-        self._label[rows] = torch.where(better, classes[name], self._label[rows])
-        self._best[rows] = torch.maximum(best, self._best[rows])
-        lse = torch.logsumexp(scaled, dim=0)  # b x W0
+        shift = torch.empty(scaled.shape[1:], device=scaled.device)  # b x W0
+        block = max(1, _BLOCK_PIXELS // scaled.shape[2])
+        for start in range(0, bottom - top, block):
+            stop = min(start + block, bottom - top)
+            self._fold_block(scaled[:, start:stop], classes, top + start, shift[start:stop])
+        lse = scaled.sum(dim=0).log_().add_(shift)  # b x W0, the sum over the whole band
+        rows = slice(top, bottom)
         if whole:  # the log-sum-exp over all names is this one: the confidence now
             self._best[rows].sub_(lse).exp_()  # b x W0
         else:
             assert self._lse is not None
             self._lse[rows] = torch.logaddexp(self._lse[rows], lse)
+
+    def _fold_block(
+        self, scaled: torch.Tensor, classes: torch.Tensor, top: int, shift: torch.Tensor
+    ) -> None:
+        """Labels and running maximum of the rows from ``top`` that ``scaled`` (``N x s x W0``,
+        a view of the band) holds; then ``shift`` (``s x W0``) gets the names' maximum and
+        ``scaled`` becomes ``exp(scaled - shift)`` in place, as ``torch.logsumexp`` shifts."""
+        rows = slice(top, top + scaled.shape[1])
+        best, name = scaled.max(dim=0)  # s x W0 each
+        better = best > self._best[rows]  # ties keep the earlier name, as argmax does
+        self._label[rows] = torch.where(better, classes[name], self._label[rows])
+        self._best[rows] = torch.maximum(best, self._best[rows])
+        torch.amax(scaled, dim=0, out=shift)  # s x W0
+        shift.masked_fill_(shift.abs() == torch.inf, 0.0)  # an infinite maximum shifts by 0
+        scaled.sub_(shift).exp_()  # N x s x W0
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``H0 x W0`` labels (class index, or ``unlabelled`` below its threshold) and
@@ -410,8 +439,8 @@ class LabelAccumulator:
         self._lse = None
         confidence = self._best  # H0 x W0
         h0, w0 = self._size_hw
-        # Bands, because indexing the thresholds takes an int64 index: 8 B a pixel.
-        band = max(1, (_BAND_ELEMENTS >> 3) // max(1, w0))
+        # Blocks, because indexing the thresholds takes an int64 index: 8 B a pixel.
+        band = max(1, _BLOCK_PIXELS // max(1, w0))
         for top in range(0, h0, band):
             label = self._label[top : top + band]  # b x W0
             keep = confidence[top : top + band] >= self._min_prob[label.long()]  # b x W0
@@ -462,7 +491,9 @@ def upsample_rows(x: torch.Tensor, size_hw: tuple[int, int], top: int, bottom: i
     y_lo = src.floor().long().clamp(max=h - 1)  # b
     y_hi = (y_lo + 1).clamp(max=h - 1)  # b
     weight = (src - y_lo).to(x.dtype)[None, :, None]  # 1 x b x 1
-    rows = x[:, y_lo] * (1 - weight) + x[:, y_hi] * weight  # N x b x w
+    # In place on the gathered copies: the numbers of x[:, y_lo] * (1 - weight) + ..., with
+    # two N x b x w temporaries instead of four.
+    rows = x[:, y_lo].mul_(1 - weight).add_(x[:, y_hi].mul_(weight))  # N x b x w
     return F.interpolate(rows, size=out_w, mode="linear", align_corners=False)  # N x b x W0
 
 

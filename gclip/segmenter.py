@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -195,7 +196,20 @@ class Segmenter:
         config = config or self.inference
         if not images:
             return []
-        chws = [to_chw(im) for im in images]
+        accumulators = self._accumulate([to_chw(im) for im in images], vocabulary, config)
+        file_dtype, _ = vocabulary.label_format
+        results = []
+        while accumulators:  # popped, so an int32 label map is freed once cast to uint16
+            labels, confidence = accumulators.pop(0).result()
+            labels_hw = labels.cpu().numpy().astype(file_dtype, copy=False)
+            results.append(Segmentation(labels_hw, confidence.cpu().numpy()))
+        return results
+
+    def _accumulate(
+        self, chws: list[torch.Tensor], vocabulary: Vocabulary, config: InferenceConfig
+    ) -> list[LabelAccumulator]:
+        """Every image's labels and confidence, folded in a chunk of names at a time (the
+        resized images and their window features are freed on return)."""
         originals = [(int(chw.shape[1]), int(chw.shape[2])) for chw in chws]
         resized = [self.preprocess(chw, config.short_side, config.max_long_side) for chw in chws]
         text = self.text.embed(vocabulary).to(self.device)  # N x E
@@ -220,13 +234,7 @@ class Segmenter:
             canvases = stitch(windowed, text[chunk])  # per image C x h x w
             for image, canvas, accumulator in zip(resized, canvases, accumulators, strict=True):
                 accumulator.update(refine(canvas, image, config), name_to_class[chunk])
-        file_dtype, _ = vocabulary.label_format
-        results = []
-        for accumulator in accumulators:
-            labels, confidence = accumulator.result()
-            labels_hw = labels.cpu().numpy().astype(file_dtype, copy=False)
-            results.append(Segmentation(labels_hw, confidence.cpu().numpy()))
-        return results
+        return accumulators
 
     def _features_fn(self, config: InferenceConfig) -> Callable[[torch.Tensor], torch.Tensor]:
         precision = config.precision
@@ -290,7 +298,11 @@ def load_segmenter(
 
 def to_chw(image: Any) -> torch.Tensor:
     """``3 x H x W`` tensor from an ``H x W x 3`` uint8 array, a PIL RGB image, or a
-    ``3 x H x W`` tensor (uint8, or float in [0, 1]); writable arrays are not copied."""
+    ``3 x H x W`` tensor (uint8, or float in [0, 1]).
+
+    A C-contiguous array is shared, not copied, read-only ones included (an image from Ray's
+    object store): writing to the tensor is then undefined, and nothing here writes to it.
+    """
     if isinstance(image, torch.Tensor):
         chw = image
     else:
@@ -299,9 +311,11 @@ def to_chw(image: Any) -> torch.Tensor:
             raise ValueError(
                 f"Expected an H x W x 3 RGB image, got an array of shape {array.shape}."
             )
-        if not array.flags.writeable:  # torch refuses to share read-only memory
-            array = array.copy()
-        chw = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)  # 3 x H x W
+        with warnings.catch_warnings():
+            # torch warns that writing to a read-only array is undefined; the segmenter only
+            # reads its input, and a copy would cost 3 bytes a pixel (243 MB for 81 Mpx).
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            chw = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)  # 3 x H x W
     if chw.ndim != 3 or chw.shape[0] != 3:
         raise ValueError(f"Expected a 3 x H x W image tensor, got shape {tuple(chw.shape)}.")
     return chw

@@ -11,6 +11,7 @@ a rerun writes the same bytes to the same paths.
 
 from __future__ import annotations
 
+import ctypes
 import io
 import logging
 import time
@@ -235,6 +236,7 @@ def segment_shard(
         labelled += len(chunk)
     if on_progress is not None:
         on_progress(index, labelled, (), False)
+    _release_freed_memory()
     if errors and not results and not decoded.task.retry_failed:
         # Relabelling a shard's few failed images proves nothing of the kind.
         error = RuntimeError(f"every image of {decoded.task.shard.name} failed in segmentation")
@@ -248,6 +250,15 @@ def segment_shard(
         decoded.seconds,
         decoded.seconds + time.perf_counter() - start,
     )
+
+
+def _release_freed_memory() -> None:
+    """Hand glibc's freed temporaries (tens of MB after a large image) back to the system
+    before the results are copied out (into Ray's object store: 5 B a pixel more, at the
+    worker's peak)."""
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc's; absent elsewhere
+    if trim is not None:
+        trim(0)
 
 
 def encode_shard(
