@@ -170,8 +170,11 @@ def test_driver_killed_then_resumed_on_s3_equals_clean(s3_env, tmp_path, clean_r
 def test_sigterm_on_ray_ends_interrupted_and_resumes_to_a_clean_run(tmp_path, clean_run):
     """As `ray job stop` does: before, Ray's own SIGTERM handler made it exit 1, 'failed'."""
     out = tmp_path / "out"
+    # Shards of one image: when the signal lands, many are still queued (at most 3 in flight
+    # finish first), so the run must stop rather than run out of work.
+    command = [*job_command(out), "--shard-size", "1"]
     driver = subprocess.Popen(
-        job_command(out), cwd=ROOT, start_new_session=True, stderr=subprocess.PIPE, text=True
+        command, cwd=ROOT, start_new_session=True, stderr=subprocess.PIPE, text=True
     )
     deadline = time.time() + 120
     while time.time() < deadline and not (out / "shards" / "shard-000001.json").exists():
@@ -183,6 +186,8 @@ def test_sigterm_on_ray_ends_interrupted_and_resumes_to_a_clean_run(tmp_path, cl
     assert "SystemExit" not in err
     run = json.loads((out / "run.json").read_text())
     assert run["state"] == "interrupted"
-    result = subprocess.run(job_command(out), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert len(list((out / "shards").glob("shard-*.json"))) < 16  # it stopped mid-run
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert_same_outputs(out, clean_run)
+    # other shard boundaries than the clean run's: the merged COCO file is what must agree
+    assert (out / "annotations.json").read_bytes() == (clean_run / "annotations.json").read_bytes()
