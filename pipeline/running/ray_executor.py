@@ -386,6 +386,9 @@ class RayExecutor:
             slot.decode, slot.encode, slot.node_id = self._decode, self._encode, None
             return
         slot.node_id = node
+        if len(self._nodes()) < 2:  # one node: nothing to keep together, no scheduling cost
+            slot.decode, slot.encode = self._decode, self._encode
+            return
         near = NodeAffinitySchedulingStrategy(node, soft=True)
         slot.decode = self._decode.options(scheduling_strategy=near)
         slot.encode = self._encode.options(scheduling_strategy=near)
