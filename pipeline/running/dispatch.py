@@ -183,8 +183,16 @@ def _exclude(outcome: Outcome, entry: ShardEntry, image_id: Any, state: _Shards)
     )
     state.excluded.setdefault(outcome.shard, []).append((image_id, WORKER_LOST, message))
     log.warning("shard %d: image %r lost its worker; recorded as failed", entry.shard, image_id)
-    retries = {**entry.retries, outcome.kind: entry.retries.get(outcome.kind, 0) + 1}
-    return replace(entry, state=ShardState.PENDING, attempts=entry.attempts - 1, retries=retries)
+    return _given_back(entry, outcome.kind, entry.error)
+
+
+def _given_back(entry: ShardEntry, cause: OutcomeKind, error: str | None) -> ShardEntry:
+    """The entry of an attempt that ended through no fault of the shard: pending again, the
+    attempt given back, the cause counted among its retries."""
+    retries = {**entry.retries, cause: entry.retries.get(cause, 0) + 1}
+    return replace(
+        entry, state=ShardState.PENDING, attempts=entry.attempts - 1, retries=retries, error=error
+    )
 
 
 def _after_attempt(
@@ -213,31 +221,14 @@ def _after_attempt(
     if kind == OutcomeKind.INTERRUPTED:  # it never ran: the attempt is given back
         return replace(entry, state=ShardState.PENDING, attempts=entry.attempts - 1)
     if kind == OutcomeKind.NODE_LOST:
-        retries = {**entry.retries, kind: entry.retries.get(kind, 0) + 1}
-        if retries[kind] <= MAX_NODE_LOSSES:  # not the shard's fault: the attempt given back
+        if entry.retries.get(kind, 0) < MAX_NODE_LOSSES:  # not the shard's fault
             log.warning("shard %d: %s; retrying elsewhere", entry.shard, outcome.error)
-            return ledger.write(
-                replace(
-                    entry,
-                    state=ShardState.PENDING,
-                    attempts=entry.attempts - 1,
-                    retries=retries,
-                    error=outcome.error,
-                )
-            )
-        entry = replace(entry, retries=retries)  # past the bound: counted as a lost worker
+            return ledger.write(_given_back(entry, kind, outcome.error))
+        # past the bound: counted, and then retried as a lost worker
+        entry = replace(entry, retries={**entry.retries, kind: entry.retries[kind] + 1})
         kind = OutcomeKind.DIED
     if kind == OutcomeKind.DISK_FULL:  # a resource, not the shard's fault: left for the resume
-        retries = {**entry.retries, kind: entry.retries.get(kind, 0) + 1}
-        return ledger.write(
-            replace(
-                entry,
-                state=ShardState.PENDING,
-                attempts=entry.attempts - 1,
-                retries=retries,
-                error=outcome.error,
-            )
-        )
+        return ledger.write(_given_back(entry, kind, outcome.error))
     if kind == OutcomeKind.SETUP:
         ledger.write(
             replace(
