@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from gclip.config import method_spec
 from pipeline.formats.ledger import ShardState
-from pipeline.formats.progress import read_progress
+from pipeline.formats.progress import Progress, read_progress
 from pipeline.formats.run_record import RunRecord, RunState, require_run
 from pipeline.formats.storage import Storage
 from pipeline.running.lease import read_lease
@@ -37,10 +37,7 @@ def describe_status(storage: Storage, tracebacks: bool = False) -> tuple[str, bo
         )
     )
     lines.append(f"images: {totals['images_labelled']} labelled, {totals['images_failed']} failed")
-    by_node = progress.by_node()
-    if len(by_node) > 1 or (by_node and "" not in by_node):
-        for node, (shards, images) in sorted(by_node.items()):
-            lines.append(f"  {node or '(not recorded)'}: {shards} shards, {images} images")
+    lines += _by_node(progress)
     retries = progress.retries()
     if retries:
         lines.append(
@@ -60,6 +57,27 @@ def describe_status(storage: Storage, tracebacks: bool = False) -> tuple[str, bo
                 lines.append(entry.traceback)
     ok = states[ShardState.FAILED] == 0 and run.state != RunState.FAILED
     return "\n".join(lines), ok
+
+
+def _by_node(progress: Progress) -> list[str]:
+    """Finished shards and labelled images per model worker's node (host and Ray node id),
+    when the ledger recorded any node; shards known only by their marker come last.
+
+    Retries are counted by cause over the run, not by node: a ledger entry names only the
+    node of the attempt that finished its shard, not of the attempts that were lost.
+    """
+    by_node = progress.by_node()
+    if not by_node or set(by_node) == {""}:
+        return []
+    lines = ["by node (finished shards, labelled images):"]
+    for node in sorted(by_node, key=lambda n: (n == "", n)):
+        shards, images = by_node[node]
+        lines.append(f"  {node or '(not recorded)'}: {_count(shards, 'shard')}, {images} images")
+    return lines
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _headline(storage: Storage, run: RunRecord) -> str:

@@ -12,16 +12,27 @@ from typing import Any, Protocol
 
 from pipeline.config import RunConfig
 from pipeline.errors import SetupError, describe, plain
+from pipeline.planning.manifest import Manifest
 from pipeline.running.executors import Executor, InProcessExecutor
 from pipeline.running.ray_executor import RayExecutor
 from pipeline.running.recipe import Resolution, SegmenterSpec, resolve_recipe
 from pipeline.running.stages import ShardSettings
+from pipeline.running.storage_probe import check_shared_storage
 from pipeline.running.worker import SegmenterFactory
 
 log = logging.getLogger(__name__)
 
 
 class Backend(Protocol):
+    def check_storage(self, manifest: Manifest, output: str) -> None:
+        """Refuse a run whose manifest or output some worker could not reach; called once
+        per run, before :meth:`resolve`.
+
+        Raises:
+            InputError: naming where the workers run, the path they cannot use and the fix.
+        """
+        ...
+
     def resolve(
         self, spec: SegmenterSpec, calibration_uris: tuple[str, ...], side: int
     ) -> Resolution:
@@ -45,6 +56,9 @@ class LocalBackend:
 
     def __init__(self, factory: SegmenterFactory | None = None) -> None:
         self._factory = factory
+
+    def check_storage(self, manifest: Manifest, output: str) -> None:
+        pass  # this process reads and writes them: the driver's own checks covered it
 
     def resolve(
         self, spec: SegmenterSpec, calibration_uris: tuple[str, ...], side: int
@@ -71,6 +85,12 @@ class RayBackend:
         self._address = address
         self._factory = factory
         self._owns_ray: bool | None = None
+
+    def check_storage(self, manifest: Manifest, output: str) -> None:
+        """Every node of a cluster sees the manifest and the output (nothing is sent on one
+        node); see :mod:`pipeline.running.storage_probe`."""
+        self._ray()
+        check_shared_storage(manifest, output)
 
     def resolve(
         self, spec: SegmenterSpec, calibration_uris: tuple[str, ...], side: int

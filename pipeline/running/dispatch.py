@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -32,18 +33,37 @@ MAX_NODE_LOSSES = 5  # a shard retried this often because its node was lost: the
 
 @dataclass(slots=True)
 class _Shards:
-    """The dispatch loop's own state, beside the ledger's entries."""
+    """The dispatch loop's own state, beside the ledger's entries: where it is in ``todo``
+    and what it holds of the shards sent, requeued or relabelled (nothing per shard of
+    ``todo``, which may hold millions)."""
 
-    todo: dict[int, Shard]
-    work: dict[int, int]  # images each shard's attempt labels (all, or the failed ones)
+    todo: Sequence[Shard]
+    relabelled: dict[int, int]  # per shard of --retry-failed: the failed images it relabels
+    sent: int = 0  # todo[:sent] went out at least once
+    requeued: deque[Shard] = field(default_factory=deque)  # to send again, in order
+    flying: dict[int, Shard] = field(default_factory=dict)  # sent, not ended
     excluded: dict[int, list[tuple[Any, str, str]]] = field(default_factory=dict)
     isolated: set[int] = field(default_factory=set)  # in flight, one image per call
-    queue: deque[Shard] = field(default_factory=deque)
+
+    @property
+    def queued(self) -> int:
+        return len(self.todo) - self.sent + len(self.requeued)
+
+    def next_shard(self) -> Shard:
+        """The next shard to send: ``todo`` in order, then the requeued ones."""
+        if self.sent < len(self.todo):
+            self.sent += 1
+            return self.todo[self.sent - 1]
+        return self.requeued.popleft()
+
+    def work(self, shard: Shard) -> int:
+        """Images the shard's attempts label (all, or the failed ones when relabelling)."""
+        return self.relabelled.get(shard.index, shard.count)
 
 
 def dispatch(
     executor: Executor,
-    todo: list[Shard],
+    todo: Sequence[Shard],
     ledger: Ledger,
     max_attempts: int,
     retried: set[int],
@@ -54,7 +74,7 @@ def dispatch(
 
     Args:
         executor: where attempts run.
-        todo: the shards to run, in order.
+        todo: the shards to run, in order (any sequence: read one shard at a time).
         ledger: holds every shard's entry; each ended attempt is recorded there.
         max_attempts: tries per shard for retryable causes (``died``, ``oom``, ``timeout``).
         retried: shards whose failed images only are relabelled (``--retry-failed``).
@@ -71,46 +91,36 @@ def dispatch(
     """
     stop = stop or StopRequest()
     entries = ledger.entries
-    state = _Shards(
-        todo={s.index: s for s in todo},
-        work={
-            s.index: entries[s.index].images_failed if s.index in retried else s.count for s in todo
-        },
-        queue=deque(todo),
-    )
-    in_flight = 0
+    state = _Shards(todo, {i: entries[i].images_failed for i in retried})
     failures = 0
     finished = 0  # images of shards that ended
     retries: Counter[str] = Counter()
     disk_full: Outcome | None = None
     said_stopping = False
-    with tqdm(
-        total=sum(state.work.values()), unit="img", desc="labelling", dynamic_ncols=True
-    ) as bar:
-        while (state.queue and disk_full is None and not stop.requested) or in_flight:
+    total = sum(state.work(s) for s in todo)
+    with tqdm(total=total, unit="img", desc="labelling", dynamic_ncols=True) as bar:
+        bar.set_postfix(failed_images=0, refresh=False)
+        while (state.queued and disk_full is None and not stop.requested) or state.flying:
             if stop.requested and not said_stopping:
                 said_stopping = True
                 log.warning(
                     "stopping: no new shard; the %d attempts in flight may finish within %.0f s",
-                    in_flight,
+                    len(state.flying),
                     stop_timeout_s,
                 )
             if stop.overdue(stop_timeout_s):
-                log.warning("stopping: %d attempts in flight given back", in_flight)
+                log.warning("stopping: %d attempts in flight given back", len(state.flying))
                 raise stop.stopped()
-            while (
-                state.queue
-                and disk_full is None
-                and not stop.requested
-                and in_flight < executor.capacity
-            ):
-                task = _next_task(state, entries, max_attempts, retried)
-                if task.isolate:
-                    state.isolated.add(task.shard.index)
-                executor.submit(task)
-                in_flight += 1
+            if state.queued and disk_full is None and not stop.requested:
+                room = executor.capacity - len(state.flying)
+                for _ in range(min(room, state.queued)):
+                    task = _next_task(state, entries, max_attempts, retried)
+                    if task.isolate:
+                        state.isolated.add(task.shard.index)
+                    executor.submit(task)
+                    state.flying[task.shard.index] = task.shard
             for outcome in executor.wait():
-                in_flight -= 1
+                shard = state.flying.pop(outcome.shard)
                 entry = entries[outcome.shard]
                 culprit = _culprit(outcome, state)
                 state.isolated.discard(outcome.shard)
@@ -124,22 +134,23 @@ def dispatch(
                 if outcome.kind == OutcomeKind.DISK_FULL:
                     disk_full = disk_full or outcome
                 elif entry.state == ShardState.PENDING:
-                    state.queue.append(state.todo[outcome.shard])
+                    state.requeued.append(shard)
                 else:
-                    finished += state.work[outcome.shard]
-                    failures += entry.images_failed
-                    bar.set_postfix(failed_images=failures, refresh=False)
+                    finished += state.work(shard)
+                    if entry.images_failed:
+                        failures += entry.images_failed
+                        bar.set_postfix(failed_images=failures, refresh=False)
             # never backwards: a shard's images leave the board when its segmenting ends,
             # before its files are written and it counts as finished
-            labelled = min(bar.total, finished + executor.images_in_flight())
+            labelled = min(total, finished + executor.images_in_flight())
             if labelled > bar.n:
                 bar.update(labelled - bar.n)  # tqdm redraws at most every 0.1 s
     if disk_full is not None:
         raise DiskFullError(disk_full.error or "no space left on the output")
-    if stop.requested and state.queue:
+    if stop.requested and state.queued:
         if not said_stopping:
             log.warning("stopping: no new shard; nothing was in flight")
-        log.warning("stopped: %d shards left for the resume", len(state.queue))
+        log.warning("stopped: %d shards left for the resume", state.queued)
         raise stop.stopped()
     return dict(retries)
 
@@ -148,7 +159,7 @@ def _next_task(
     state: _Shards, entries: dict[int, ShardEntry], max_attempts: int, retried: set[int]
 ) -> ShardTask:
     """The next queued shard's attempt, counted in its entry."""
-    shard = state.queue.popleft()
+    shard = state.next_shard()
     entry = entries[shard.index] = replace(
         entries[shard.index], attempts=entries[shard.index].attempts + 1
     )
@@ -204,19 +215,17 @@ def _after_attempt(
         assert outcome.result is not None
         r = outcome.result
         return ledger.write(
-            replace(
-                entry,
-                state=ShardState.DONE,
-                images_done=r.images_done,
-                images_failed=r.images_failed,
-                annotations=r.annotations,
-                failures_by_error=r.failures_by_error,
-                seconds=r.seconds,
-                host_seconds=r.host_seconds,
-                node=r.node,
-                error=None,
-                traceback=None,
-            )
+            entry,
+            state=ShardState.DONE,
+            images_done=r.images_done,
+            images_failed=r.images_failed,
+            annotations=r.annotations,
+            failures_by_error=r.failures_by_error,
+            seconds=r.seconds,
+            host_seconds=r.host_seconds,
+            node=r.node,
+            error=None,
+            traceback=None,
         )
     if kind == OutcomeKind.INTERRUPTED:  # it never ran: the attempt is given back
         return replace(entry, state=ShardState.PENDING, attempts=entry.attempts - 1)

@@ -1,9 +1,9 @@
 """Where shard attempts run: the executor protocol, how an attempt ended, and the in-process
 executor (tests, debugging with pdb).
 
-On Ray (:mod:`pipeline.running.ray_executor`) each shard attempt is a chain: a host task reads
-and decodes, a model actor (:class:`pipeline.running.worker.LabelWorker`) labels, a host task
-encodes and writes.
+On Ray (:mod:`pipeline.running.ray_executor`) each shard attempt is one call to a model actor
+(:class:`pipeline.running.ray_worker.ChainWorker`), which runs the chain: a host task reads and
+decodes, the actor labels, a host task encodes and writes.
 
 An executor takes shard tasks and reports, per task, one :class:`Outcome` whose
 :class:`OutcomeKind` classifies how it ended.

@@ -1,13 +1,13 @@
-"""Shards on Ray: model actors fed by host tasks, with deadlines, retries and setup checks.
+"""Shards on Ray: model actors that run whole attempts, with deadlines, retries and setup
+checks.
 
-Each attempt is a chain: a host task reads and decodes (:func:`decode_stage`), the shard's
-model actor (:class:`pipeline.running.worker.LabelWorker`) segments, a host task encodes and
-writes (:func:`encode_stage`). Ray passes each stage's output to the next through its object
-store, and the model actor never waits on a decode it could have had ready: host tasks run on
-the CPUs the actors leave. The actors tell a small progress actor which images they are on,
-for progress within shards and to name the image in progress when a worker is lost. Only this
-module (with :mod:`pipeline.running.ray_session` and :mod:`pipeline.running.backends`)
-touches Ray.
+Each attempt is one call to its model actor (:class:`pipeline.running.ray_worker.ChainWorker`),
+which runs the chain itself: a host task reads and decodes, the actor segments, a host task
+encodes and writes. One round trip per shard keeps the driver's work to a fraction of a
+millisecond a shard. The actors tell a small progress actor which images they are on, for
+progress within shards and to name the image in progress when a worker is lost. Only this
+module (with :mod:`pipeline.running.ray_worker`, :mod:`pipeline.running.ray_session` and
+:mod:`pipeline.running.backends`) touches Ray.
 """
 
 from __future__ import annotations
@@ -20,86 +20,38 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.errors import SetupError, describe, is_out_of_memory, plain
-from pipeline.formats.storage import Storage
 from pipeline.running.executors import Outcome, OutcomeKind, failure_kind
 from pipeline.running.pool import Node, Placement, missing, placements, shortfall
-from pipeline.running.stages import (
-    DecodedShard,
-    SegmentedShard,
-    ShardResult,
-    ShardSettings,
-    ShardTask,
-    decode_shard,
-    encode_shard,
+from pipeline.running.ray_worker import (
+    BoardNotes,
+    ChainWorker,
+    ProgressBoard,
+    result_from_wire,
+    task_to_wire,
 )
-from pipeline.running.worker import LabelWorker, SegmenterFactory
+from pipeline.running.stages import ShardSettings, ShardTask
+from pipeline.running.worker import SegmenterFactory
 
 log = logging.getLogger(__name__)
 
 POLL_S = 1.0  # the longest wait() blocks, so the driver's progress bar moves within shards
 GROW_S = 10.0  # how often the pool looks for nodes that joined (num_workers unset)
 WAIT_REPORTED_S = 60.0  # a model still waiting for resources after this is said to be
+BACKLOG_S = 0.001  # a wait that returns sooner found work waiting: the rest is collected too
 
 
-def decode_stage(task: ShardTask, settings: ShardSettings, output: str) -> DecodedShard:
-    """The first stage as a host task."""
-    return decode_shard(task, settings, Storage(output))
-
-
-def encode_stage(segmented: SegmentedShard, settings: ShardSettings, output: str) -> ShardResult:
-    """The last stage as a host task."""
-    return encode_shard(segmented, settings, Storage(output))
-
-
-class ProgressBoard:
-    """A Ray actor holding, per shard in flight, the images labelled so far and the ids of
-    those being labelled now (what :class:`pipeline.running.stages.ProgressHook` is told)."""
-
-    def __init__(self) -> None:
-        self._shards: dict[int, tuple[int, tuple[Any, ...]]] = {}
-
-    def note(self, shard: int, labelled: int, in_progress: tuple[Any, ...]) -> None:
-        if in_progress:
-            self._shards[shard] = (labelled, in_progress)
-        else:  # the shard's segmenting ended: forgotten here, so the board never grows
-            self._shards.pop(shard, None)
-
-    def read(self) -> dict[int, tuple[int, tuple[Any, ...]]]:
-        return dict(self._shards)
-
-
-@dataclass(frozen=True, slots=True)
-class _Notify:
-    """The model actors' progress hook: a note to the board, fire-and-forget unless it must
-    have arrived (a worker killed right after sending may never send what it queued)."""
-
-    board: Any
-
-    def __call__(
-        self, shard: int, labelled: int, in_progress: tuple[Any, ...], confirm: bool
-    ) -> None:
-        sent = self.board.note.remote(shard, labelled, in_progress)
-        if confirm:
-            import ray
-
-            ray.get(sent, timeout=60)
-
-
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # each attempt is itself: compared by identity
 class _Attempt:
-    ref: Any  # the last stage's result
+    ref: Any  # the actor call's result
     task: ShardTask
-    started: float | None  # when it became first in its actor's queue (it runs one at a time)
-    host_refs: tuple[Any, ...] = ()  # the host tasks, cancelled if the attempt times out
+    started: float | None  # when it became first in its actor's queue
 
 
 @dataclass(slots=True)
 class _Slot:
-    """One worker: its actor, the attempts queued on it in order, and its model's state."""
+    """One worker: its actor, the attempts sent to it in order, and its model's state."""
 
     actor: Any
-    decode: Any  # the host tasks, placed on the actor's node once it is known
-    encode: Any
     setup_ref: Any = None
     setup_since: float = field(default_factory=time.monotonic)
     setup_failures: int = 0
@@ -116,8 +68,8 @@ class _Slot:
 
 
 class RayExecutor:
-    """Model actors (``num_workers``; by default one per GPU of the cluster, else one) fed by
-    host tasks: on GPU clusters they hold one CPU each of those the actors leave; on CPU-only
+    """Model actors (``num_workers``; by default one per GPU of the cluster, else one) whose
+    host tasks, on GPU clusters, hold one CPU each of those the actors leave; on CPU-only
     clusters the model is the bottleneck, so the actors hold the CPUs and the host tasks,
     light beside a model on a CPU, run unreserved.
 
@@ -154,20 +106,16 @@ class RayExecutor:
         self._setup_timeout_s = setup_timeout_s
         self._setup_attempts = setup_attempts
         self._recover_timeout_s = recover_timeout_s
-        self._output = output
         self._num_workers, self._model_cpus = num_workers, model_cpus
         self._board: Any = ray.remote(num_cpus=0)(ProgressBoard).remote()
         self._progress: dict[int, tuple[int, tuple[Any, ...]]] = {}
         self._progress_read = 0.0
-        self._actor_base = ray.remote(LabelWorker)
-        self._actor_args = (factory, settings, output, _Notify(self._board))
-        self._settings_ref = ray.put(settings)
+        self._flying: set[int] = set()  # the shards of the attempts in flight
         nodes = self._nodes()
         wanted = placements(nodes, num_workers, model_cpus)
-        # Host stages: idempotent, so Ray may rerun one whose worker died (its own retries).
         host_cpus = 1 if wanted[0].uses_gpu else 0
-        self._decode = ray.remote(num_cpus=host_cpus)(decode_stage)
-        self._encode = ray.remote(num_cpus=host_cpus)(encode_stage)
+        self._actor_base = ray.remote(ChainWorker)
+        self._actor_args = (factory, settings, output, BoardNotes(self._board), host_cpus)
         self._slots: list[_Slot] = []
         self._grown = time.monotonic()
         self._add(wanted)
@@ -193,31 +141,38 @@ class RayExecutor:
             self._board.note.remote(task.shard.index, 0, ())
         slot = min((s for s in self._slots if s.ready), key=lambda s: len(s.attempts))
         started = None if slot.attempts else time.monotonic()
-        decoded = slot.decode.remote(task, self._settings_ref, self._output)
-        segmented = slot.actor.segment.remote(decoded)
-        written = slot.encode.remote(segmented, self._settings_ref, self._output)
-        slot.attempts.append(_Attempt(written, task, started, (decoded, written)))
+        slot.attempts.append(_Attempt(slot.actor.run.remote(task_to_wire(task)), task, started))
+        self._flying.add(task.shard.index)
 
     def wait(self) -> list[Outcome]:
-        refs = {a.ref: slot for slot in self._slots for a in slot.attempts}
-        refs.update({s.setup_ref: s for s in self._slots if s.setup_ref is not None})
-        refs.update({s.recover_ref: s for s in self._slots if s.recover_ref is not None})
-        if not refs:
+        """Block until something ends (at most :data:`POLL_S`); return every attempt that
+        ended by then, and those whose deadline passed."""
+        watched = self._watched()
+        if not watched:
             return []
         self._follow_the_cluster()
         deadline = self._next_deadline()
         timeout = POLL_S if deadline is None else min(deadline, POLL_S)
-        ready, _ = self._ray.wait(list(refs), num_returns=1, timeout=timeout)
-        if not ready:
-            return self._expire() if deadline is not None and deadline <= timeout else []
-        slot = refs[ready[0]]
-        if ready[0] is slot.setup_ref:
-            self._setup_ended(slot)
-            return []
-        if ready[0] is slot.recover_ref:
-            self._recovered(slot)
-            return []
-        return self._attempt_ended(slot, ready[0])
+        due = None if deadline is None else time.monotonic() + deadline
+        refs = list(watched)
+        since = time.monotonic()
+        ready, _ = self._ray.wait(refs, num_returns=1, timeout=timeout, fetch_local=False)
+        if ready and len(refs) > 1 and time.monotonic() - since < BACKLOG_S:
+            # one had ended before the call: others may have too, so all of them in one call
+            ready, _ = self._ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+        ended: list[Outcome] = []
+        for ref in ready:
+            slot = watched[ref]
+            if ref is slot.setup_ref:
+                self._setup_ended(slot)
+            elif ref is slot.recover_ref:
+                self._recovered(slot)
+            elif any(a.ref is ref for a in slot.attempts):  # else it ended with its actor
+                ended += self._attempt_ended(slot, ref)
+        # even while other workers keep answering, a late one is restarted on time
+        if due is not None and time.monotonic() >= due:
+            ended += self._expire()
+        return ended
 
     def images_in_flight(self) -> int:
         """Images labelled so far by the attempts in flight (the board, read once a second)."""
@@ -226,23 +181,39 @@ class RayExecutor:
             self._progress_read = now
             with contextlib.suppress(self._ray.exceptions.RayError):  # progress is advisory
                 self._progress = self._ray.get(self._board.read.remote(), timeout=POLL_S)
-        flying = {a.task.shard.index for slot in self._slots for a in slot.attempts}
-        return sum(n for shard, (n, _) in self._progress.items() if shard in flying)
+        return sum(n for shard, (n, _) in self._progress.items() if shard in self._flying)
 
     def shutdown(self) -> None:
         for slot in self._slots:
-            self._ray.kill(slot.actor)
-            slot.attempts.clear()
+            if slot.attempts or not slot.ready:
+                self._ray.kill(slot.actor)
+            else:  # idle: it exits once it has sent what it holds (its tasks' events)
+                slot.actor.__ray_terminate__.remote()
+            self._forget(slot, list(slot.attempts))
         self._ray.kill(self._board)
+
+    def _watched(self) -> dict[Any, _Slot]:
+        """Every reference wait() waits on: attempts, setups and recoveries, with their slot."""
+        refs = {a.ref: slot for slot in self._slots for a in slot.attempts}
+        refs.update({s.setup_ref: s for s in self._slots if s.setup_ref is not None})
+        refs.update({s.recover_ref: s for s in self._slots if s.recover_ref is not None})
+        return refs
+
+    def _forget(self, slot: _Slot, attempts: list[_Attempt]) -> None:
+        """Take ended attempts off their slot; the next one's turn starts."""
+        for attempt in attempts:
+            slot.attempts.remove(attempt)
+            self._flying.discard(attempt.task.shard.index)
+        if slot.attempts and slot.attempts[0].started is None:
+            slot.attempts[0].started = time.monotonic()
 
     # ---- setup --------------------------------------------------------------------------
 
     def _setup_ended(self, slot: _Slot) -> None:
         exceptions = self._ray.exceptions
         try:
-            self._ray.get(slot.setup_ref)
+            slot.node_id = self._ray.get(slot.setup_ref)
             slot.setup_ref = None
-            self._locate(slot)
             log.info("model worker ready (%d of %d)", self._ready(), len(self._slots))
             return
         except exceptions.RayTaskError as err:
@@ -269,29 +240,40 @@ class RayExecutor:
         attempt = next(a for a in slot.attempts if a.ref is ref)
         outcome, lost = self._outcome(attempt.task, ref)
         if not lost:
-            slot.attempts.remove(attempt)
-            if slot.attempts and slot.attempts[0].started is None:
-                slot.attempts[0].started = time.monotonic()
+            self._forget(slot, [attempt])
             return [outcome]
-        # The actor died: every attempt on it failed at once. The one running is the cause;
-        # those queued behind never started.
-        head = slot.attempts[0]
-        in_progress = self._in_progress(head.task.shard.index)
+        # The actor died: every attempt on it ended at once. Those it had answered keep
+        # their outcome; of the others, the one on the model is the cause, and the rest never
+        # had their turn.
+        ended: list[Outcome] = []
+        refs = [a.ref for a in slot.attempts]
+        answered, _ = self._ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+        unanswered = []
+        for other in slot.attempts:
+            if other is not attempt and any(other.ref is r for r in answered):
+                found, other_lost = self._outcome(other.task, other.ref)
+                if not other_lost:
+                    ended.append(found)
+                    continue
+            unanswered.append(other)
+        cause, in_progress = self._on_the_model(unanswered)
         kind, error = outcome.kind, outcome.error
         if not self._node_alive(slot.node_id):  # preempted, or its raylet crashed
             kind = OutcomeKind.NODE_LOST
             error = f"NodeLost: the node of its model worker was lost ({error})"
-        ended = [Outcome(head.task.shard.index, kind, error=error, in_progress=in_progress)]
-        ended += [_interrupted(a) for a in list(slot.attempts)[1:]]
-        slot.attempts.clear()
+        ended.append(Outcome(cause.task.shard.index, kind, error=error, in_progress=in_progress))
+        ended += [_interrupted(a) for a in unanswered if a is not cause]
+        self._forget(slot, list(slot.attempts))
         self._recover(slot)
         return ended
 
     def _outcome(self, task: ShardTask, ref: Any) -> tuple[Outcome, bool]:
         """The attempt's outcome, and whether its actor was lost.
 
-        A stage's error reaches the last stage's result: wrapped in a ``RayTaskError`` whose
-        cause is the error of our code, or of Ray (a lost actor, worker or object).
+        The actor's call raises the error of Ray when the actor was lost; any other error
+        is wrapped in a ``RayTaskError`` whose cause is the error of our code, or of Ray when
+        one of the attempt's host tasks was lost (that attempt alone ends, as ``died`` or
+        ``oom``: the actor and the attempts beside it go on).
         """
         exceptions = self._ray.exceptions
         lost_types = (
@@ -302,13 +284,15 @@ class RayExecutor:
         )
         index = task.shard.index
         try:
-            return Outcome(index, OutcomeKind.DONE, result=self._ray.get(ref)), False
+            result = result_from_wire(self._ray.get(ref))
+            return Outcome(index, OutcomeKind.DONE, result=result), False
         except exceptions.RayError as err:
             cause = getattr(err, "cause", None) or err
-            if isinstance(err, lost_types) or isinstance(cause, lost_types):
+            task_error = isinstance(err, exceptions.RayTaskError)
+            if isinstance(cause, lost_types) or (not task_error and isinstance(err, lost_types)):
                 kind = OutcomeKind.OOM if is_out_of_memory(err) else OutcomeKind.DIED
-                return Outcome(index, kind, error=_first_line(cause)), True
-            if not isinstance(err, exceptions.RayTaskError):
+                return Outcome(index, kind, error=_first_line(cause)), not task_error
+            if not task_error:
                 raise
             if isinstance(cause, SetupError):
                 setup = Outcome(
@@ -318,13 +302,18 @@ class RayExecutor:
             kind = failure_kind(cause)
             return Outcome(index, kind, error=describe(cause), traceback=plain(str(err))), False
 
-    def _in_progress(self, shard: int) -> tuple[Any, ...]:
-        """The ids the board last heard a shard's worker was labelling (maybe none)."""
+    def _on_the_model(self, attempts: list[_Attempt]) -> tuple[_Attempt, tuple[Any, ...]]:
+        """Of a worker's attempts, the one the board last heard it labelling (else the first),
+        and the ids of the images it was on (maybe none)."""
         try:
             board = self._ray.get(self._board.read.remote(), timeout=10)
         except self._ray.exceptions.RayError:
-            return ()
-        return tuple(board.get(shard, (0, ()))[1])
+            board = {}
+        for attempt in attempts:
+            _, in_progress = board.get(attempt.task.shard.index, (0, ()))
+            if in_progress:
+                return attempt, tuple(in_progress)
+        return attempts[0], ()
 
     def _next_deadline(self) -> float | None:
         """Seconds until the earliest running attempt or pending setup is overdue."""
@@ -356,42 +345,24 @@ class RayExecutor:
             head = slot.attempts[0] if slot.attempts else None
             if head is None or head.started is None or now - head.started < self._shard_timeout_s:
                 continue
+            # the attempt holding the model is the late one (the oldest may wait behind it)
+            late, _ = self._on_the_model(list(slot.attempts))
             log.warning(
                 "%s ran past its %.0f s deadline; restarting its worker",
-                head.task.shard.name,
+                late.task.shard.name,
                 self._shard_timeout_s,
             )
+            # its host tasks die with it: Ray ends the tasks of an owner that is gone
             self._ray.kill(slot.actor, no_restart=False)
-            for attempt in slot.attempts:
-                for ref in attempt.host_refs:
-                    self._ray.cancel(ref, force=True)
             message = (
                 f"TimeoutError: the attempt ran past its {self._shard_timeout_s:.0f} s deadline "
                 "(--shard-timeout); its worker was restarted"
             )
-            ended.append(Outcome(head.task.shard.index, OutcomeKind.TIMEOUT, error=message))
-            ended += [_interrupted(a) for a in list(slot.attempts)[1:]]
-            slot.attempts.clear()
+            ended.append(Outcome(late.task.shard.index, OutcomeKind.TIMEOUT, error=message))
+            ended += [_interrupted(a) for a in slot.attempts if a is not late]
+            self._forget(slot, list(slot.attempts))
             self._recover(slot)
         return ended
-
-    def _locate(self, slot: _Slot) -> None:
-        """Place the slot's host tasks on its actor's node (softly: elsewhere if that node
-        is full or gone), so a shard's pixels never cross the network between stages."""
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        try:
-            node = self._ray.get(slot.actor.node_id.remote(), timeout=60)
-        except self._ray.exceptions.RayError:  # the host tasks go where Ray likes
-            slot.decode, slot.encode, slot.node_id = self._decode, self._encode, None
-            return
-        slot.node_id = node
-        if len(self._nodes()) < 2:  # one node: nothing to keep together, no scheduling cost
-            slot.decode, slot.encode = self._decode, self._encode
-            return
-        near = NodeAffinitySchedulingStrategy(node, soft=True)
-        slot.decode = self._decode.options(scheduling_strategy=near)
-        slot.encode = self._encode.options(scheduling_strategy=near)
 
     def _recover(self, slot: _Slot) -> None:
         """Take the slot out of the pool until its actor answers again (Ray restarts it,
@@ -411,8 +382,8 @@ class RayExecutor:
     def _add(self, wanted: list[Placement]) -> None:
         """Start an actor per placement; each builds its model before it takes work."""
         for placement in wanted:
-            slot = _Slot(self._start(placement), self._decode, self._encode, placement=placement)
-            slot.setup_ref, slot.setup_since = slot.actor.setup.remote(), time.monotonic()
+            slot = _Slot(self._start(placement), placement=placement)
+            slot.setup_ref, slot.setup_since = slot.actor.build.remote(), time.monotonic()
             self._slots.append(slot)
 
     def _start(self, placement: Placement) -> Any:
@@ -480,7 +451,7 @@ class RayExecutor:
             slot.recover_ref = slot.actor.pid.remote()  # still restarting: ask again
             return
         slot.recover_ref = None
-        slot.setup_ref, slot.setup_since = slot.actor.setup.remote(), time.monotonic()
+        slot.setup_ref, slot.setup_since = slot.actor.build.remote(warm=True), time.monotonic()
 
     def _drop_unrecovered(self, now: float) -> None:
         """Drop the slots whose actor could not be placed again in time (its node lost, and

@@ -1,9 +1,9 @@
 """The model worker: one segmenter, built once, labelling decoded shards.
 
-:class:`LabelWorker` is a plain class: :class:`pipeline.running.ray_executor.RayExecutor` makes
-it a Ray actor (one model, one GPU where the cluster has them) and
-:class:`pipeline.running.executors.InProcessExecutor` holds one in this process. The work
-itself is :mod:`pipeline.running.stages`, which knows nothing about Ray.
+:class:`LabelWorker` is a plain class: on Ray its subclass
+:class:`pipeline.running.ray_worker.ChainWorker` is the actor (one model, one GPU where the
+cluster has them) and :class:`pipeline.running.executors.InProcessExecutor` holds one in this
+process. The work itself is :mod:`pipeline.running.stages`, which knows nothing about Ray.
 """
 
 from __future__ import annotations
