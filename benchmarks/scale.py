@@ -1,15 +1,18 @@
 """The driver at scale: planning time and peak memory for big manifests, and how fast a resume
-with many finished shards reaches its first dispatch on an S3 server.
+with many finished shards reaches its first dispatch, on local disk or an S3 server.
 
-    python benchmarks/scale.py [--rows 1000000 10000000] [--resume-shards 40000]
+    python benchmarks/scale.py [--rows 10000000 100000000 300000000]
+        [--resume-shards 400000 --resume-on local] [--workdir DIR]
 
-Planning runs the real driver (``python -m jobs.label ... --dry-run``) in a fresh process per
-manifest size and reports its wall time and peak resident memory (VmHWM), and that it never
-imported torch or Ray. The resume case builds, on a local moto S3 server, an output folder
-with that many finished shards (markers and a ledger) plus two pending ones, and times the
-driver's steps up to dispatch: planning against the previous plan, reconciling the ledger,
-persisting it. Targets (issue 8): 10M rows plan in under 60 s with the driver under 1 GB; a
-resume with 40k finished shards reaches its first dispatch in under 60 s.
+Planning runs the real driver (``python -m jobs.label ... --dry-run --model demo``) in a fresh
+process per manifest size and reports its wall time and peak resident memory (VmHWM; a
+process it started would count too), and that it never imported torch or Ray. The resume case
+builds an output folder with that many finished shards (markers and a ledger) plus two pending
+ones, on local disk or a local moto S3 server, and times a fresh driver process's steps up to
+dispatch: planning against the previous plan, reconciling the ledger, persisting it, listing
+the shards to run; with its peak memory. Targets (issue 17): the driver under 1.5 GB at 10M,
+100M and 300M rows, planning time linear in the rows (a billion in under 10 minutes); a resume
+with 400k finished shards on local disk ready to dispatch in under 60 s and 1.5 GB.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -39,8 +44,12 @@ from jobs.label import main
 code = main(sys.argv[1:])
 seconds = time.perf_counter() - start
 peak = next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]
+import resource  # a process the planning started counts too (the largest, in MB)
+children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+used = resource.getrusage(resource.RUSAGE_SELF)  # CPU seconds: steadier than wall on a busy host
 clean = 'torch' not in sys.modules and 'ray' not in sys.modules
-print(f'RESULT {seconds:.2f} {int(peak) / 1024:.0f} {clean} {code}')
+peak = max(int(peak) / 1024, children)
+print(f'RESULT {seconds:.2f} {peak:.0f} {clean} {code} {used.ru_utime + used.ru_stime:.1f}')
 """
 
 
@@ -68,96 +77,128 @@ def plan_case(rows: int, workdir: Path) -> None:
         write_manifest(manifest, rows)
     (workdir / "vocab.txt").write_text("road, street\ncar\nperson, pedestrian\n")
     args = ["--manifest", str(manifest), "--vocabulary", str(workdir / "vocab.txt")]
-    args += ["--output", str(workdir / f"out-{rows}"), "--dry-run"]
+    args += ["--output", str(workdir / f"out-{rows}"), "--dry-run", "--model", "demo"]
     result = subprocess.run(
         [sys.executable, "-c", CHILD, *args], cwd=ROOT, capture_output=True, text=True
     )
     line = next((x for x in result.stdout.splitlines() if x.startswith("RESULT")), None)
     if line is None:
         raise RuntimeError(result.stdout[-2000:] + result.stderr[-2000:])
-    seconds, peak, clean, code = line.split()[1:]
+    seconds, peak, clean, code, cpu = line.split()[1:]
     shards = next(x for x in result.stdout.splitlines() if x.startswith("plan:"))
     print(
-        f"plan {rows:>10,} rows: {float(seconds):6.1f} s, driver peak {float(peak):6.0f} MB, "
+        f"plan {rows:>10,} rows: {float(seconds):6.1f} s ({float(cpu):.1f} CPU s), driver peak "
+        f"{float(peak):6.0f} MB, "
         f"no torch/ray imported: {clean}, exit {code}  ({shards})"
     )
 
 
-def resume_case(shards: int, workdir: Path) -> None:
-    """A run with ``shards`` finished shards (and two pending) on S3; time the resume."""
-    from pipeline.formats.layout import shard_path
+RESUME_CHILD = """
+import sys, time
+start = time.perf_counter()
+from pipeline.formats.ledger import Ledger, ShardState
+from pipeline.formats.storage import Storage
+from pipeline.planning.manifest import open_manifest
+from pipeline.running.resume import plan_with_previous
+storage = Storage(sys.argv[2])
+plan, entries = plan_with_previous(storage, open_manifest(sys.argv[1]), int(sys.argv[3]))
+planned = time.perf_counter() - start
+Ledger(storage).compact(dict(entries.items()))  # what execute() persists before dispatching
+todo = entries.to_run()
+total = time.perf_counter() - start
+peak = next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]
+import resource
+used = resource.getrusage(resource.RUSAGE_SELF)
+cpu = used.ru_utime + used.ru_stime
+done = len(entries.done())
+print(f'RESULT {planned:.2f} {total:.2f} {int(peak) / 1024:.0f} {done} {len(todo)} {cpu:.1f}')
+"""
+
+
+def resume_case(shards: int, workdir: Path, where: str) -> None:
+    """A run with ``shards`` finished shards (and two pending), on local disk or a moto S3
+    server; time a fresh driver's resume (in its own process) up to its first dispatch."""
+    if where == "s3":
+        with moto_server() as endpoint:
+            os.environ.update(
+                AWS_ENDPOINT_URL=endpoint,
+                AWS_ACCESS_KEY_ID="x",
+                AWS_SECRET_ACCESS_KEY="x",
+                AWS_DEFAULT_REGION="us-east-1",
+            )
+            from pyarrow import fs as pafs
+
+            s3 = pafs.S3FileSystem(
+                endpoint_override=endpoint.removeprefix("http://"),
+                scheme="http",
+                allow_bucket_creation=True,
+                region="us-east-1",
+            )
+            s3.create_dir("bench")
+            _resume(shards, "s3://bench", s3, "bench")
+    else:
+        from pyarrow import fs as pafs
+
+        root = workdir / f"resume-{shards}"
+        root.mkdir(parents=True, exist_ok=True)
+        _resume(shards, str(root), pafs.LocalFileSystem(), str(root))
+
+
+def _resume(shards: int, location: str, fs: Any, root: str) -> None:
+    from pipeline.formats.layout import SHARDS, shard_path
     from pipeline.formats.ledger import Ledger, ShardEntry, ShardState
     from pipeline.formats.storage import Storage
     from pipeline.planning.manifest import open_manifest
     from pipeline.planning.plan import plan_shards
-    from pipeline.running.resume import plan_with_previous
 
-    with moto_server() as endpoint:
-        os.environ.update(
-            AWS_ENDPOINT_URL=endpoint,
-            AWS_ACCESS_KEY_ID="x",
-            AWS_SECRET_ACCESS_KEY="x",
-            AWS_DEFAULT_REGION="us-east-1",
-        )
-        from pyarrow import fs as pafs
+    size = 4  # rows per shard: the manifest stays small, the shard count large
+    ids = [f"img_{i:08d}" for i in range((shards + 2) * size)]
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"image_id": ids, "uri": [f"{i}.jpg" for i in ids]}), buffer)
+    with fs.open_output_stream(f"{root}/manifest.parquet") as stream:
+        stream.write(buffer.getvalue())
+    manifest = f"{location}/manifest.parquet"
+    plan = plan_shards(open_manifest(manifest), size)
+    storage = Storage(f"{location}/out")
+    entries = {
+        s.index: ShardEntry.planned(s)
+        if s.index >= shards
+        else replace(ShardEntry.planned(s), state=ShardState.DONE, attempts=1, images_done=size)
+        for s in plan.shards
+    }
+    Ledger(storage).compact(entries)
+    del entries, plan
+    marker = json.dumps({"shard": 0}).encode()  # a resume lists markers, reads none here
+    fs.create_dir(f"{root}/out/{SHARDS}")
 
-        s3 = pafs.S3FileSystem(
-            endpoint_override=endpoint.removeprefix("http://"),
-            scheme="http",
-            allow_bucket_creation=True,
-            region="us-east-1",
-        )
-        s3.create_dir("bench")
-        size = 4  # rows per shard: the manifest stays small, the shard count large
-        ids = [f"img_{i:08d}" for i in range((shards + 2) * size)]
-        buffer = io.BytesIO()
-        pq.write_table(pa.table({"image_id": ids, "uri": [f"{i}.jpg" for i in ids]}), buffer)
-        with s3.open_output_stream("bench/manifest.parquet") as stream:
-            stream.write(buffer.getvalue())
-        manifest = open_manifest("s3://bench/manifest.parquet")
-        plan = plan_shards(manifest, size)
-        storage = Storage("s3://bench/out")
-        entries = {
-            s.index: ShardEntry.planned(s)
-            if s.index >= shards
-            else ShardEntry(
-                s.index,
-                s.file,
-                s.start,
-                s.count,
-                s.first_id,
-                s.digest,
-                state=ShardState.DONE,
-                attempts=1,
-                images_done=size,
-            )
-            for s in plan.shards
-        }
-        Ledger(storage).compact(entries)
-        marker = json.dumps({"shard": 0}).encode()  # a resume lists markers, reads none here
-
-        def put(index: int) -> None:  # one request each: set-up need not be atomic
-            with s3.open_output_stream(f"bench/out/{shard_path(index)}") as stream:
+    def put(index: int) -> None:  # one request each: set-up need not be atomic
+        if location.startswith("s3://"):
+            with fs.open_output_stream(f"{root}/out/{shard_path(index)}") as stream:
                 stream.write(marker)
+        else:
+            Path(f"{root}/out/{shard_path(index)}").write_bytes(marker)
 
-        start = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=64) as pool:
-            list(pool.map(put, range(shards)))
-        print(f"(set-up: {shards:,} markers written in {time.perf_counter() - start:.0f} s)")
-
-        start = time.perf_counter()
-        plan, entries = plan_with_previous(
-            storage, open_manifest("s3://bench/manifest.parquet"), size
-        )
-        planned = time.perf_counter() - start
-        Ledger(storage).compact(entries)  # what execute() persists before the first dispatch
-        total = time.perf_counter() - start
-        done = sum(e.state == ShardState.DONE for e in entries.values())
-        print(
-            f"resume with {done:,} finished shards on S3 (moto): planned and reconciled in "
-            f"{planned:.1f} s, ledger persisted, first dispatch possible after {total:.1f} s "
-            f"({len(plan.shards) - done} to run)"
-        )
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=64 if location.startswith("s3://") else 4) as pool:
+        list(pool.map(put, range(shards)))
+    print(f"(set-up: {shards:,} markers written in {time.perf_counter() - start:.0f} s)")
+    result = subprocess.run(
+        [sys.executable, "-c", RESUME_CHILD, manifest, f"{location}/out", str(size)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    line = next((x for x in result.stdout.splitlines() if x.startswith("RESULT")), None)
+    if line is None:
+        raise RuntimeError(result.stdout[-2000:] + result.stderr[-2000:])
+    planned, total, peak, done, todo, cpu = line.split()[1:]
+    kind = "S3 (moto)" if location.startswith("s3://") else "local disk"
+    print(
+        f"resume with {int(done):,} finished shards on {kind}: planned and reconciled in "
+        f"{float(planned):.1f} s, ledger persisted, first dispatch possible after "
+        f"{float(total):.1f} s ({float(cpu):.1f} CPU s), driver peak {float(peak):.0f} MB "
+        f"({todo} to run)"
+    )
 
 
 class moto_server:
@@ -189,6 +230,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="*", default=[1_000_000, 10_000_000])
     parser.add_argument("--resume-shards", type=int, default=40_000)
+    parser.add_argument("--resume-on", choices=("s3", "local"), default="s3")
     parser.add_argument("--workdir", type=Path, default=None, help="keep manifests here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -196,7 +238,7 @@ def main() -> None:
         for rows in args.rows:
             plan_case(rows, workdir)
         if args.resume_shards:
-            resume_case(args.resume_shards, workdir)
+            resume_case(args.resume_shards, workdir, args.resume_on)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,11 @@
 
     python -m jobs.manifest data/images --output manifest.parquet [--probe] [--sha256]
     python -m jobs.manifest 'data/**/*.jpg' s3://bucket/photos coco.json urls.txt --output M.parquet
+    python -m jobs.manifest img2dataset_output/ --output M.parquet     # .tar shards, in place
 
 Ids are paths relative to each SOURCE; rows are sorted by id (see pipeline/planning/sources.py).
+A .tar gives a row per image member, joined with the img2dataset .parquet beside it (see
+pipeline/planning/tar_sources.py).
 With --probe or --sha256 each file is read; files that cannot be are left out and listed in
 OUTPUT.unreadable.jsonl. Links to folders are skipped unless --follow-links (then each folder
 is listed once: a link loop ends). Exit code: 0 when written (even with files left out); 2 for
@@ -46,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         rows, unreadable = probed.rows, probed.unreadable
         if not rows:
             raise InputError(f"no image found in {' '.join(args.sources)}; nothing written.")
-        sidecar = write_manifest(rows, args.output, unreadable)
+        sidecar = write_manifest(rows, args.output, unreadable, listing.columns)
     except (InputError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -56,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     if listing.links:
         why = "already listed" if args.follow_links else "not entered (--follow-links enters them)"
         print(f"skipped {listing.links} link(s) to folders {why}")
+    if listing.not_success:
+        print(
+            f"left out {listing.not_success} img2dataset row(s) whose status is not success "
+            f"({listing.not_success_in_tar} of them with an image in the tar)"
+        )
     if unreadable:
         print(f"{len(unreadable)} unreadable file(s) left out, all listed in {sidecar}:")
         for failure in unreadable[:5]:

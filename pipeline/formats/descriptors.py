@@ -46,6 +46,8 @@ class ImageRecord:
         image_id: the manifest's id of the image (a string or an integer), as every table of
             ours names it.
         uri: where the image is read (a relative manifest uri already resolved).
+        tar_offset: for a tar member (``uri`` ``<tar>#<member>``), the byte offset of its
+            header in the tar, where a read of it may start (:mod:`pipeline.formats.tars`).
     """
 
     coco_id: int
@@ -54,3 +56,4 @@ class ImageRecord:
     width: int | None = None
     height: int | None = None
     sha256: str | None = None
+    tar_offset: int | None = None

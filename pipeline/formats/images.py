@@ -142,12 +142,18 @@ class ChecksumError(ValueError):
     """The file's sha256 differs from the manifest's: it changed since the manifest was made."""
 
 
-def load(record: ImageRecord, max_pixels: int | None = MAX_PIXELS) -> np.ndarray | ImageFailure:
+def load(
+    record: ImageRecord,
+    max_pixels: int | None = MAX_PIXELS,
+    data: bytes | Exception | None = None,
+) -> np.ndarray | ImageFailure:
     """Read and decode one manifest image; any problem becomes an :class:`ImageFailure`.
 
     Args:
         record: the image's manifest row.
         max_pixels: see :func:`decode`.
+        data: the image's bytes when already read (a tar member), or the error that stopped
+            reading them; ``None``: read from ``record.uri``.
 
     Returns:
         ``H x W x 3`` uint8 RGB, or the failure.
@@ -156,8 +162,11 @@ def load(record: ImageRecord, max_pixels: int | None = MAX_PIXELS) -> np.ndarray
         raise ValueError(
             f"max_pixels must be >= 1 or None (no limit), got {max_pixels}; see --max-image-pixels."
         )
+    if isinstance(data, Exception):  # one error may stand for several members: not raised
+        return ImageFailure(record.image_id, record.uri, type(data).__name__, str(data))
     try:
-        data = read_bytes(record.uri)
+        if data is None:
+            data = read_bytes(record.uri)
         if record.sha256 and hashlib.sha256(data).hexdigest() != record.sha256.lower():
             raise ChecksumError(
                 f"sha256 of {record.uri} does not match the manifest's {record.sha256}"

@@ -15,7 +15,7 @@ import pyarrow as pa
 # Odd 64-bit multipliers (from splitmix64); arithmetic on uint64 arrays wraps mod 2**64.
 _MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
 _MIX_1, _MIX_2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
-_powers = np.ones(1, dtype=np.uint64)
+_powers: np.ndarray = np.ones(1, dtype=np.uint64)
 
 
 def is_string(array: pa.Array) -> bool:
@@ -109,9 +109,39 @@ class RangeDigest:
             values = array.cast(pa.int64()).to_numpy(zero_copy_only=False)
             self._data.update(np.asarray(values, dtype="<i8").tobytes())
 
-    def hexdigest(self) -> str:
+    def update_slice(self, batch: IdBatch, lo: int, hi: int) -> None:
+        """:meth:`update` with ids ``lo .. hi`` of ``batch``: the same digest, without
+        preparing the batch's buffers again for every slice."""
+        self._kind = batch.kind
+        if batch.values is not None:  # contiguous slices: hashed in place, no copy
+            self._data.update(batch.values[lo:hi].data)
+        else:
+            self._lengths.update(batch.lengths[lo:hi].data)
+            self._data.update(batch.data[batch.offsets[lo] : batch.offsets[hi]].data)
+
+    def digest(self) -> bytes:
+        """The 32 bytes of which :meth:`hexdigest` is the text (plans keep them in a column)."""
         joined = self._kind + self._lengths.digest() + self._data.digest()
-        return hashlib.sha256(joined).hexdigest()
+        return hashlib.sha256(joined).digest()
+
+    def hexdigest(self) -> str:
+        return self.digest().hex()
+
+
+class IdBatch:
+    """A batch of ids (no nulls) prepared once for :meth:`RangeDigest.update_slice`."""
+
+    def __init__(self, array: pa.Array) -> None:
+        self.values: np.ndarray | None = None
+        if is_string(array):
+            offsets, self.data = _string_buffers(array)
+            self.kind = b"string"
+            self.offsets = offsets - offsets[0]  # N + 1, into data
+            self.lengths = np.diff(offsets).astype("<i8")
+        else:
+            self.kind = b"int64"
+            values = array.cast(pa.int64()).to_numpy(zero_copy_only=False)
+            self.values = np.ascontiguousarray(values, dtype="<i8")
 
 
 def digest(array: pa.Array) -> str:

@@ -2,13 +2,21 @@
 
 A manifest is one Parquet file, a folder of them, or a glob, on a local disk, ``file://`` or
 ``s3://`` (through ``pyarrow.fs``). Required columns: ``image_id`` (unique, non-null string or
-integer) and ``uri``; optional ``width``, ``height``, ``sha256``; other columns pass through.
+integer) and ``uri``; optional ``width``, ``height``, ``sha256``, ``tar_offset``; other columns
+pass through.
 Files are taken in sorted order and rows in file order: that order is the plan's.
 
 A relative ``uri`` is taken from the folder of the Parquet file that holds its row (for an
 ``s3://`` manifest, that file's prefix), never from the working directory: a manifest and its
 images can move together, and every worker reads the same files wherever it runs. Plans cover
 the ids, not the uris, so resolving them changes no plan.
+
+A ``uri`` that holds ``.tar#`` names a member of a tar file: ``<tar uri>#<member name>``, the
+tar being the text up to the first ``.tar#`` (with ``.tar``), the member the rest
+(``s3://b/data/00001.tar#000123.jpg``, ``00001.tar#a/b.jpg``). Only that spelling counts: a
+plain file may have ``#`` in its name (``a#b.jpg``), but not ``.tar#``. A tar's rows are
+contiguous in a manifest, and the planner never lets a shard cross from one tar to another
+(:func:`tar_keys`).
 """
 
 from __future__ import annotations
@@ -26,18 +34,21 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline.errors import InputError
 from pipeline.formats.layout import IMAGE_SUFFIXES
 from pipeline.formats.storage import resolve, retrying
+from pipeline.formats.tars import TAR_MEMBER, member_uri, split_member
 
 REQUIRED = ("image_id", "uri")
 OPTIONAL_TYPES = {
     "width": pa.types.is_integer,
     "height": pa.types.is_integer,
     "sha256": pa.types.is_string,
+    "tar_offset": pa.types.is_integer,  # a tar member's header offset (pipeline.formats.tars)
 }
 BATCH_ROWS = 1 << 16  # rows per streamed batch: bounds memory whatever the manifest's size
 MAX_LISTED = 5
@@ -153,6 +164,17 @@ def ids_at(manifest: Manifest, rows: np.ndarray) -> Iterator[tuple[int, Any]]:
         base += file.rows
 
 
+def tar_keys(uris: pa.Array) -> pa.Array | None:
+    """Per row, the tar its ``uri`` is a member of (null for other uris), as
+    :func:`pipeline.formats.tars.split_member` has it, vectorised; ``None`` when no row of
+    ``uris`` is a tar member (the common case, found with one substring search)."""
+    members = pc.match_substring(uris, TAR_MEMBER)
+    if not pc.any(members).as_py():
+        return None
+    tars = pc.replace_substring_regex(uris, r"^(.*?\.tar)#.*$", r"\1", max_replacements=1)
+    return pc.if_else(members, tars, pa.nulls(len(uris), tars.type))
+
+
 def read_range(file: str, start: int, count: int) -> pa.Table:
     """Rows ``start .. start + count`` of one manifest file (the columns a worker needs),
     reading only the row groups that hold them."""
@@ -200,10 +222,14 @@ def row_uri(uri: str, file: str) -> str:
     Returns:
         ``uri`` itself when it is an absolute path or has a scheme (``file://``, ``s3://``,
         ``http(s)://``...); else ``uri`` joined to ``file``'s folder and normalised
-        (``../x.png`` is the folder's sibling).
+        (``../x.png`` is the folder's sibling). A tar member's uri (``x.tar#member``) has
+        its tar's path resolved so, and its member name kept as written.
     """
     if os.path.isabs(uri) or _NOT_RELATIVE.match(uri):
         return uri
+    member = split_member(uri)
+    if member is not None:
+        return member_uri(row_uri(member[0], file), member[1])
     if "://" in file:  # an object store: keys are "/"-separated whatever the OS
         scheme, path = file.split("://", 1)
         return f"{scheme}://{posixpath.normpath(posixpath.join(posixpath.dirname(path), uri))}"

@@ -5,6 +5,9 @@ and http), and from the whole file only when its header runs past them; no pixel
 Sizes are upright: EXIF orientations 5-8 swap width and height, as the labelling job's decoder
 turns such images. A row that cannot be read or whose header is not an image's becomes an
 :class:`~pipeline.formats.images.ImageFailure` and is left out of the probed rows.
+
+The members of a tar (``uri`` ``<tar>#<member>``) are probed from one forward read of the
+tar (:func:`pipeline.formats.tars.read_members`), a thread per tar, not a request each.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from pipeline.formats.images import (
     pillow_errors,
 )
 from pipeline.formats.storage import read_bytes, read_head
-from pipeline.planning.sources import ManifestRow
+from pipeline.formats.tars import read_members, split_member
+from pipeline.planning.rows import ManifestRow
 
 HEAD_BYTES = 1 << 16  # a JPEG's EXIF block (with its thumbnail) fits in 64 KiB
 DEFAULT_THREADS = 16  # reads are I/O-bound: object stores and web servers answer in parallel
@@ -65,25 +69,88 @@ def probe(
     if threads < 1:
         raise ValueError(f"threads must be at least 1, not {threads}.")
 
-    def one(row: ManifestRow) -> ManifestRow | ImageFailure:
+    def one(k: int) -> list[tuple[int, ManifestRow | ImageFailure]]:
         try:
-            return _probe_row(row, sizes, sha256)
+            return [(k, _probe_row(rows[k], sizes, sha256))]
         except Exception as err:  # per-image boundary: one bad file never stops the listing
-            return ImageFailure(row.image_id, row.uri, type(err).__name__, str(err) or repr(err))
+            return [(k, _failure(rows[k], err))]
 
+    def tar(group: list[int]) -> list[tuple[int, ManifestRow | ImageFailure]]:
+        return _probe_tar(rows, group, sizes, sha256)
+
+    plain, in_tars = _by_tar(rows)
+    results: list[ManifestRow | ImageFailure | None] = [None] * len(rows)
     with ThreadPoolExecutor(max_workers=threads) as pool:
+        futures = [pool.submit(tar, group) for group in in_tars]
+        futures += [pool.submit(one, k) for k in plain]
         bar = tqdm(
-            pool.map(one, rows),
             total=len(rows),
             desc="probing",
             unit="image",
             disable=None if progress else True,  # None: only on a terminal
         )
-        results = list(bar)
+        with bar:
+            for future in futures:
+                done = future.result()
+                for k, result in done:
+                    results[k] = result
+                bar.update(len(done))
     return Probed(
         tuple(r for r in results if isinstance(r, ManifestRow)),
         tuple(r for r in results if isinstance(r, ImageFailure)),
     )
+
+
+def _failure(row: ManifestRow, err: BaseException) -> ImageFailure:
+    return ImageFailure(row.image_id, row.uri, type(err).__name__, str(err) or repr(err))
+
+
+def _by_tar(rows: Sequence[ManifestRow]) -> tuple[list[int], list[list[int]]]:
+    """Positions of the rows that are plain files, and of the others, grouped by tar."""
+    plain: list[int] = []
+    tars: dict[str, list[int]] = {}
+    for k, row in enumerate(rows):
+        member = split_member(row.uri)
+        if member is None:
+            plain.append(k)
+        else:
+            tars.setdefault(member[0], []).append(k)
+    return plain, list(tars.values())
+
+
+def _probe_tar(
+    rows: Sequence[ManifestRow], group: list[int], sizes: bool, sha256: bool
+) -> list[tuple[int, ManifestRow | ImageFailure]]:
+    """The rows at ``group`` (members of one tar) probed from one forward read of it; each
+    member's bytes are dropped once its rows are probed."""
+    tar = ""
+    by_name: dict[str, list[int]] = {}
+    offsets: dict[str, int] = {}
+    for k in group:
+        tar, name = split_member(rows[k].uri) or ("", "")
+        by_name.setdefault(name, []).append(k)
+        offset = rows[k].tar_offset
+        if offset is not None:
+            offsets[name] = offset
+    out: list[tuple[int, ManifestRow | ImageFailure]] = []
+    for name, data in read_members(tar, by_name, offsets):
+        for k in by_name[name]:
+            try:
+                if isinstance(data, Exception):
+                    raise data
+                out.append((k, _from_bytes(rows[k], data, sizes, sha256)))
+            except Exception as err:  # per-image boundary, as for files
+                out.append((k, _failure(rows[k], err)))
+    return out
+
+
+def _from_bytes(row: ManifestRow, data: bytes, sizes: bool, sha256: bool) -> ManifestRow:
+    if sha256:
+        row = replace(row, sha256=hashlib.sha256(data).hexdigest())
+    if sizes:
+        width, height = image_size(io.BytesIO(data))
+        row = replace(row, width=width, height=height)
+    return row
 
 
 def _probe_row(row: ManifestRow, sizes: bool, sha256: bool) -> ManifestRow:

@@ -3,9 +3,11 @@
 A SOURCE is read as the first of these that fits:
 
 1. ``http(s)://...json``, ``.txt`` or ``.lst``: the file, fetched (URLs cannot be listed).
-2. an existing folder or ``s3://bucket/prefix``: every image file under it, recursively.
+2. an existing folder or ``s3://bucket/prefix``: every image file under it, recursively,
+   and every image member of every ``.tar`` under it (see :mod:`.tar_sources`).
 3. an existing file: ``.json`` is a COCO file, ``.txt`` / ``.lst`` a list of paths or URIs
-   (one a line; blank lines and ``#`` comments skipped), an image file is itself.
+   (one a line; blank lines and ``#`` comments skipped), a ``.tar`` its image members, an
+   image file is itself.
 4. a pattern with ``*``, ``?`` or ``[...]`` (``**`` spans folders): the files it matches.
 
 Folders and patterns keep files whose extension is in :data:`IMAGE_EXTENSIONS` (any case) and
@@ -33,33 +35,24 @@ from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
-from pipeline.errors import InputError
 from pipeline.formats.layout import IMAGE_SUFFIXES
 from pipeline.formats.storage import HTTP_SCHEMES, read_bytes, resolve
+from pipeline.planning.rows import ManifestRow, SourceError
+from pipeline.planning.tar_sources import (
+    NO_COLUMNS,
+    SIDECAR_SUFFIX,
+    TAR_SUFFIX,
+    TarSource,
+    list_tars,
+)
 
 IMAGE_EXTENSIONS = frozenset(IMAGE_SUFFIXES)  # the suffixes label files drop, one home
 LIST_EXTENSIONS = frozenset({".txt", ".lst"})
 GLOB_CHARS = "*?["
 MAX_LISTED = 5
-
-
-class SourceError(InputError):
-    """A SOURCE cannot be listed, or its rows collide; the message names them and the fix."""
-
-
-@dataclass(frozen=True, slots=True)
-class ManifestRow:
-    """One image of a manifest to be; ``origin`` (the SOURCE, and a line or index) is for
-    messages only and is not written."""
-
-    image_id: str
-    uri: str
-    origin: str
-    width: int | None = None
-    height: int | None = None
-    sha256: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,12 +61,18 @@ class Listing:
 
     ``skipped`` pairs a reason (``".txt"``, ``"no extension"``, ``"hidden"``) with a count of
     files; ``links`` counts the links to folders that were not entered (all of them, or with
-    ``follow_links`` those to a folder already listed).
+    ``follow_links`` those to a folder already listed). ``not_success`` counts img2dataset
+    rows left out for their ``status``, ``not_success_in_tar`` those of them with an image
+    in the tar; ``columns`` are the img2dataset columns joined onto tar members' rows
+    (:mod:`pipeline.planning.tar_sources`).
     """
 
     rows: tuple[ManifestRow, ...]
     skipped: tuple[tuple[str, int], ...]
     links: int = 0
+    not_success: int = 0
+    not_success_in_tar: int = 0
+    columns: pa.Schema = NO_COLUMNS
 
 
 def list_sources(
@@ -97,13 +96,24 @@ def list_sources(
         raise SourceError("--image-root applies to COCO .json SOURCEs, and none was given.")
     rows: list[ManifestRow] = []
     skipped: collections.Counter[str] = collections.Counter()
+    walk = _Walk(follow_links, skipped, [])
     for source in sources:
-        rows += _list_source(source, image_root, _Walk(follow_links, skipped))
+        rows += _list_source(source, image_root, walk)
+    in_tars = list_tars(walk.tars)
+    rows += in_tars.rows
+    skipped += in_tars.skipped
     _check_unique(rows, "image_id")
     _check_unique(rows, "uri")
     rows.sort(key=lambda r: r.image_id)
     links = skipped.pop(_LINK, 0)
-    return Listing(tuple(rows), tuple(sorted(skipped.items())), links)
+    return Listing(
+        tuple(rows),
+        tuple(sorted(skipped.items())),
+        links,
+        in_tars.not_success,
+        in_tars.not_success_in_tar,
+        in_tars.schema,
+    )
 
 
 _LINK = "\0link"  # a key of the skip counter no file suffix can be
@@ -111,10 +121,12 @@ _LINK = "\0link"  # a key of the skip counter no file suffix can be
 
 @dataclass(frozen=True, slots=True)
 class _Walk:
-    """How folders are walked, and the counter of what the walks skip."""
+    """How folders are walked, the counter of what the walks skip, and the tars they find
+    (listed after the walks, several at once)."""
 
     follow_links: bool
     skipped: collections.Counter[str]
+    tars: list[TarSource]
 
 
 def _list_source(source: str, image_root: str | None, walk: _Walk) -> list[ManifestRow]:
@@ -137,9 +149,17 @@ def _list_source(source: str, image_root: str | None, walk: _Walk) -> list[Manif
             return _from_file(source, suffix, image_root)
         if suffix in IMAGE_EXTENSIONS:
             return [ManifestRow(PurePosixPath(path).name, prefix + path, source)]
+        if path.endswith(TAR_SUFFIX):
+            sidecar = path.removesuffix(TAR_SUFFIX) + SIDECAR_SUFFIX
+            beside = fs.get_file_info(sidecar).type == pafs.FileType.File
+            name = PurePosixPath(path).name.removesuffix(TAR_SUFFIX)
+            walk.tars.append(
+                TarSource(prefix + path, name, prefix + sidecar if beside else None, source)
+            )
+            return []
         raise SourceError(
             f"{source} is a file of no known kind: a SOURCE file is a COCO .json, a .txt/.lst "
-            f"list or an image ({', '.join(sorted(IMAGE_EXTENSIONS))})."
+            f"list, a .tar or an image ({', '.join(sorted(IMAGE_EXTENSIONS))})."
         )
     if any(ch in path for ch in GLOB_CHARS):
         parts = path.split("/")
@@ -158,14 +178,16 @@ def _walk(
     source: str,
     walk: _Walk,
 ) -> list[ManifestRow]:
-    """The image files under ``root`` (those ``pattern`` matches, if given), ids relative."""
+    """The image files under ``root`` (those ``pattern`` matches, if given), ids relative;
+    the tars among them go to ``walk.tars``, with the img2dataset Parquet beside each."""
     rows = []
     if isinstance(fs, pafs.LocalFileSystem):
-        entries = _local_files(root, walk)
+        entries = list(_local_files(root, walk))
     else:  # object stores have no links
         selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
         infos = fs.get_file_info(selector)
-        entries = ((i.path, i.is_file) for i in infos if i.type != pafs.FileType.Directory)
+        entries = [(i.path, i.is_file) for i in infos if i.type != pafs.FileType.Directory]
+    files = {path for path, is_file in entries if is_file}
     for path, is_file in entries:
         relative = path[len(root) :].lstrip("/")
         if pattern is not None and not pattern.fullmatch(relative):
@@ -175,6 +197,13 @@ def _walk(
             walk.skipped["hidden"] += 1
         elif not is_file:
             walk.skipped["broken link or not a file"] += 1
+        elif relative.endswith(TAR_SUFFIX):
+            sidecar = path.removesuffix(TAR_SUFFIX) + SIDECAR_SUFFIX
+            parquet = prefix + sidecar if sidecar in files else None
+            tar = TarSource(prefix + path, relative.removesuffix(TAR_SUFFIX), parquet, source)
+            walk.tars.append(tar)
+        elif suffix == SIDECAR_SUFFIX and path.removesuffix(SIDECAR_SUFFIX) + TAR_SUFFIX in files:
+            continue  # a tar's img2dataset Parquet: joined onto its rows
         elif suffix not in IMAGE_EXTENSIONS:
             walk.skipped[suffix or "no extension"] += 1
         else:
