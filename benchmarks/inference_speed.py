@@ -9,7 +9,12 @@ Then vocabularies of 20, 200 and 1,203 names (LVIS-sized), each in a fresh proce
 is a process's high-water mark): images/s and peak memory with the names in chunks of 256 (the
 default), and for the largest also all names at once, as before chunking.
 
+Then the cost of ``--embeddings``: labelling at the labelling job's default scale with and
+without each image's CLIP image embedding (one more forward at the model's resolution per
+image, batched), best of alternating runs, and the ratio (target: at most 1.10 on a CPU).
+
     python benchmarks/inference_speed.py [--model ViT-B-16] [--images 8] [--batch-size 16]
+    python benchmarks/inference_speed.py --model demo --embeddings-only
 
 Random weights are used (speed does not depend on them). CUDA is used when present.
 """
@@ -91,9 +96,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--vocabulary-sizes", type=int, nargs="*", default=[20, 200, 1203])
     parser.add_argument("--one-vocabulary", type=int, nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--embeddings-only", action="store_true", help="only the --embeddings cost case"
+    )
     args = parser.parse_args()
     if args.one_vocabulary:
         return vocabulary_case(args, *args.one_vocabulary)
+    if args.embeddings_only:
+        return embeddings_case(args)
 
     device, segmenter, config, images = setup(args)
     vocabulary = gclip.parse_text("road, street\ncar\nperson, pedestrian\nbuilding\nsky\ntree")
@@ -156,6 +166,40 @@ def main() -> None:
             command += ["--stride", str(args.stride), "--precision", args.precision]
             result = subprocess.run(command, capture_output=True, text=True)
             print(result.stdout.strip() or result.stderr[-2000:])
+    embeddings_case(args)
+
+
+def embeddings_case(args: argparse.Namespace) -> None:
+    """Labelling with and without embeddings, at the labelling job's default scale (the
+    shipped one for a checkpoint that ships one, as ``jobs.label`` runs it).
+
+    A worker with ``--embeddings`` labels a call's images, then embeds them in one batch: the
+    two are timed apart, each the best of alternating repeats (this machine's noise is
+    one-sided), and the ratio is (labels + embeddings) / labels.
+    """
+    device, segmenter, _, images = setup(args)
+    config = dataclasses.replace(segmenter.inference, precision=args.precision)
+    vocabulary = gclip.parse_text("road, street\ncar\nperson, pedestrian\nbuilding\nsky\ntree")
+    ours(segmenter, images[:1], vocabulary, config)  # warm-up
+    segmenter.image_embeddings(images[:1])
+    label_s = embed_s = float("inf")
+    for _ in range(args.repeats):
+        _, seconds, _ = timed(ours, segmenter, images, vocabulary, config, device=device)
+        label_s = min(label_s, seconds)
+        _, seconds, _ = timed(segmenter.image_embeddings, images, device=device)
+        embed_s = min(embed_s, seconds)
+    h, w = gclip.inference.resized_size(*args.size, config.short_side, config.max_long_side)
+    print(
+        f"--embeddings cost ({args.model}, {device}, {args.images} images {args.size[0]}x"
+        f"{args.size[1]} labelled at {h}x{w}, crop {config.crop} stride {config.stride}, "
+        f"best of {args.repeats}):"
+    )
+    print(f"  labels:            {label_s / args.images * 1000:8.1f} ms/image")
+    print(f"  embeddings:        {embed_s / args.images * 1000:8.1f} ms/image")
+    print(f"  without embeddings: {args.images / label_s:7.2f} images/s")
+    print(f"  with embeddings:    {args.images / (label_s + embed_s):7.2f} images/s")
+    ratio = (label_s + embed_s) / label_s
+    print(f"  ratio with/without: {ratio:.3f} (target <= 1.10 on CPU)")
 
 
 def vocabulary_case(args: argparse.Namespace, names: int, chunk: int) -> None:

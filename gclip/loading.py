@@ -12,12 +12,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import open_clip
 import torch
+from open_clip.transform import PreprocessCfg, image_transform_v2
 from torch import nn
 
 from gclip.catalog import HF_HUB, LOCAL_DIR, WEIGHT_FILES, local_dir
@@ -33,7 +35,13 @@ from gclip.weights import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CheckpointError", "LoadedModel", "WeightsUnavailableError", "load_model"]
+__all__ = [
+    "CheckpointError",
+    "LoadedModel",
+    "WeightsUnavailableError",
+    "eval_transform",
+    "load_model",
+]
 
 
 class CheckpointError(ValueError):
@@ -126,6 +134,21 @@ def load_model(
     source = checkpoint if check.source is WeightsSource.FILE else str(pretrained)
     return LoadedModel(
         model.eval(), open_clip.get_tokenizer(name), name, source, weights_file=checkpoint
+    )
+
+
+def eval_transform(model: nn.Module) -> Callable[[Any], torch.Tensor]:
+    """open_clip's own evaluation transform for ``model``: what ``create_model_and_transforms``
+    returns as ``preprocess_val`` (resize the short side to the model's image size, centre
+    crop, normalise with its mean and std), from the preprocessing config open_clip recorded
+    on the model (its legacy ``image_size`` / ``image_mean`` / ``image_std`` otherwise).
+
+    Returns:
+        A PIL RGB image -> ``3 x S x S`` float32 tensor.
+    """
+    recorded = dict(open_clip.get_model_preprocess_cfg(model))
+    return image_transform_v2(
+        PreprocessCfg(**{**asdict(PreprocessCfg()), **recorded}), is_train=False
     )
 
 

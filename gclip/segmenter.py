@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from PIL import Image
 from torch import nn
 
 from gclip.backbone import VisionBackbone
@@ -24,7 +25,7 @@ from gclip.inference import (
     stitch,
     window_features,
 )
-from gclip.loading import LoadedModel, load_model
+from gclip.loading import LoadedModel, eval_transform, load_model
 from gclip.methods import (
     ChannelSuppression,
     channel_suppression,
@@ -85,6 +86,7 @@ class Segmenter:
         std = getattr(model.visual, "image_std", None) or OPENAI_DATASET_STD
         self._mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self._eval_transform = eval_transform(model)
         if self._config.global_blocks != "auto":
             self._suppression = channel_suppression(self._backbone, self._config)
 
@@ -127,6 +129,11 @@ class Segmenter:
     def device(self) -> torch.device:
         return self._backbone.device
 
+    @property
+    def embedding_dim(self) -> int:
+        """E: the width of :meth:`image_embeddings` (and of the text embeddings)."""
+        return self._backbone.output_dim
+
     def calibrate(self, images: torch.Tensor) -> tuple[int, ...]:
         """Fix ``global_blocks="auto"`` from ``images`` (``B x 3 x H x W``, normalised)."""
         if self._config.global_blocks == "auto":
@@ -159,6 +166,29 @@ class Segmenter:
         if self._config.global_blocks == "auto":
             self.calibrate(images)
         return dense_features(self._backbone, self._config, images, self._suppression)
+
+    @torch.no_grad()
+    def image_embeddings(self, images: Sequence[Any]) -> np.ndarray:
+        """The model's standard CLIP image embedding of each image, in one batch.
+
+        Exactly open_clip's ``model.encode_image(preprocess(image))``, L2-normalised, where
+        ``preprocess`` is the model's own evaluation transform (:func:`gclip.loading.
+        eval_transform`: short side to the model's image size, centre crop, its mean and std):
+        the unmodified network, at full precision, whatever the method does for the labels.
+
+        Args:
+            images: ``H x W x 3`` uint8 RGB arrays (or PIL RGB images), of any sizes.
+
+        Returns:
+            ``B x E`` float32, each row of unit L2 norm.
+        """
+        if not images:
+            return np.zeros((0, self.embedding_dim), np.float32)
+        crops = [self._eval_transform(_pil(image)) for image in images]  # each 3 x S x S
+        batch = torch.stack(crops).to(self.device, self._backbone.dtype)  # B x 3 x S x S
+        encode_image: Any = self._model.encode_image  # open_clip's public CLIP API
+        embedding_be = encode_image(batch, normalize=True)  # B x E
+        return embedding_be.float().cpu().numpy()
 
     def preprocess(
         self, image: Any, short_side: int | None, max_long_side: int | None = None
@@ -294,6 +324,18 @@ def load_segmenter(
         templates or shipped.templates,
         build(InferenceConfig, {**shipped.inference, **(inference or {})}),
     )
+
+
+def _pil(image: Any) -> Image.Image:
+    """A PIL RGB image of an ``H x W x 3`` uint8 array (or of a PIL image)."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+        raise ValueError(
+            f"Expected an H x W x 3 uint8 RGB image, got {array.dtype} of shape {array.shape}."
+        )
+    return Image.fromarray(array)
 
 
 def to_chw(image: Any) -> torch.Tensor:

@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{summary.name!r} ({summary.failures} failed in the run, not loaded); "
         f"open it with: fiftyone app launch {summary.name}"
     )
+    if summary.similarity:
+        print(f"similarity index {summary.similarity!r} over {summary.embeddings} embeddings")
     if args.launch:
         launch(summary.name)
     return 0

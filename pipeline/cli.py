@@ -16,7 +16,7 @@ from typing import Any
 
 from gclip import METHODS, InferenceConfig
 from gclip.config import DEVICES, PRECISIONS
-from pipeline.config import ExecutionSettings, LabellingSettings
+from pipeline.config import EMBEDDING_DTYPES, ExecutionSettings, LabellingSettings
 
 # Flags that set RunConfig fields, by argparse destination.
 RUN_FLAGS = (
@@ -40,6 +40,8 @@ RUN_FLAGS = (
     "instances",
     "min_area",
     "max_image_pixels",
+    "embeddings",
+    "embedding_dtype",
     "merge_limit",
     "address",
     "device",
@@ -166,6 +168,21 @@ def build_parser() -> argparse.ArgumentParser:
             "against decompression bombs; 0: no limit)",
             "max_image_pixels",
         ),
+    )
+    labels.add_argument(
+        "--embeddings",
+        action=_BOOL,
+        help=_help(
+            "also write each labelled image's CLIP image embedding (open_clip's encode_image "
+            "on the model's eval transform, L2-normalised) to OUTPUT/embeddings/, for "
+            "similarity search and FiftyOne; one more forward at the model's resolution per image",
+            "embeddings",
+        ),
+    )
+    labels.add_argument(
+        "--embedding-dtype",
+        choices=EMBEDDING_DTYPES,
+        help=_help("with --embeddings, the vectors' float type", "embedding_dtype"),
     )
     run = p.add_argument_group("execution (never changes a label)")
     run.add_argument(

@@ -33,6 +33,7 @@ _NESTED = ("method", "inference")
 # Inference settings that group work without changing a label (tested): not fingerprinted.
 RESULT_NEUTRAL = ("batch_size", "name_chunk")
 ShippedLayer = Callable[[str], ShippedSettings]  # model -> what its checkpoint ships
+EMBEDDING_DTYPES = ("float32", "float16")  # how embeddings/ stores the vectors
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,9 @@ class LabellingSettings:
         min_area: with ``instances``, the smallest component kept, in pixels.
         max_image_pixels: images with more pixels are recorded as failed without being
             decoded (Pillow's decompression-bomb limit by default; ``None`` or 0: no limit).
+        embeddings: also write each labelled image's CLIP image embedding (open_clip's
+            ``encode_image`` on its evaluation transform, L2-normalised) to ``embeddings/``.
+        embedding_dtype: with ``embeddings``, ``float32`` or ``float16`` vectors.
     """
 
     model: str = DEFAULT_MODEL
@@ -66,10 +70,16 @@ class LabellingSettings:
     instances: bool = False
     min_area: int = MIN_AREA
     max_image_pixels: int | None = MAX_PIXELS
+    embeddings: bool = False
+    embedding_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.max_image_pixels == 0:  # the flag's way to say "no limit"
             object.__setattr__(self, "max_image_pixels", None)
+        if self.embedding_dtype not in EMBEDDING_DTYPES:
+            raise ValueError(
+                f"embedding_dtype {self.embedding_dtype!r} is not one of {EMBEDDING_DTYPES}."
+            )
 
     def to_json(self) -> dict[str, Any]:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -79,6 +89,11 @@ class LabellingSettings:
     def min_instance_area(self) -> int | None:
         """The smallest instance kept when splitting instances, else ``None``."""
         return self.min_area if self.instances else None
+
+    @property
+    def embedding_format(self) -> str | None:
+        """The dtype of the embeddings written (``float32``, ``float16``), else ``None``."""
+        return self.embedding_dtype if self.embeddings else None
 
 
 @dataclass(frozen=True, slots=True)

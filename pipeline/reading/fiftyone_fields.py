@@ -2,7 +2,7 @@
 ``summary/`` rows, safe field names for its classes, boxes and masks as FiftyOne holds them,
 and a local path for its media.
 
-Pure functions (local media apart, which may download), importable and tested without the
+Pure functions (local media apart, which may download, and a shard's embeddings, read), importable and tested without the
 ``fiftyone`` extra; :mod:`pipeline.reading.fiftyone_dataset` builds the samples from them.
 """
 
@@ -22,7 +22,8 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.formats.storage import read_bytes
+from pipeline.formats.shard_files import read_embeddings
+from pipeline.formats.storage import Storage, read_bytes
 
 ImageId = str | int
 _LOCAL_SCHEMES = ("", "file")
@@ -134,3 +135,12 @@ def local_media(uri: str, media_dir: str | None) -> str:
             handle.write(read_bytes(uri))
         os.replace(temporary, path)  # a killed download never leaves a partial image
     return path
+
+
+def shard_vectors(storage: Storage, index: int) -> dict[Any, np.ndarray]:
+    """Shard ``index``'s embeddings by manifest image id (none if it has no ``embeddings/``
+    file: a shard kept from before ``--embeddings`` under ``--allow-config-change``)."""
+    embeddings = read_embeddings(storage, index)
+    if embeddings is None:
+        return {}
+    return dict(zip(embeddings.image_ids, embeddings.embedding_nd, strict=True))

@@ -225,7 +225,7 @@ def _summarise(
         histograms += np.bincount(index * bins + bin_, minlength=classes * bins).reshape(
             classes, bins
         )
-        ids, means = _per_image_confidence(table)
+        ids, means = per_image_confidence(table)
         images += len(means)
         # Only the shard's own ``review`` lowest can enter the queue (ties: earlier row first).
         for row in np.lexsort((np.arange(len(means)), means))[:review].tolist():
@@ -243,7 +243,7 @@ def _summarise(
     )
 
 
-def _per_image_confidence(table: pa.Table) -> tuple[pa.Array, np.ndarray]:
+def per_image_confidence(table: pa.Table) -> tuple[pa.Array, np.ndarray]:
     """Per image of one shard, in row order: its id and the pixel-weighted mean confidence of
     its labelled pixels (float64)."""
     weighted = pa.table(

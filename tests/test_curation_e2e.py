@@ -1,0 +1,124 @@
+"""End to end: the demo images (plus planted copies) labelled by the demo model with
+``--embeddings``, then jobs.search and jobs.dedup on the real output, and the keep-one
+manifest labelled again by jobs.label."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from fakes import BrightnessSegmenter
+from PIL import Image
+
+import jobs.dedup
+import jobs.label
+import jobs.search
+from pipeline import LocalBackend
+from pipeline.config import EXECUTION_KEYS, LABELLING_KEYS
+from pipeline.curation import open_embeddings, read_shards
+from pipeline.curation.queries import run_segmenter, text_query
+
+DEMO = Path(__file__).resolve().parents[1] / "demo"
+THRESHOLD = 0.9993  # the demo model's distinct scenes reach 0.999 at most; copies >= 0.9995
+
+needs_embeddings = pytest.mark.skipif(
+    "embeddings" not in LABELLING_KEYS + EXECUTION_KEYS,
+    reason="jobs.label --embeddings is not there yet (helper E)",
+)
+
+
+@pytest.mark.slow
+def test_queries_use_the_run_s_own_model(tmp_path):
+    """run.json's model is rebuilt for queries: the demo run's text query is the demo
+    segmenter's, with the demo checkpoint's two shipped templates."""
+    import gclip
+
+    manifest = pq.read_table(DEMO / "manifest.parquet").slice(0, 2)
+    manifest = manifest.set_column(
+        1, "uri", pa.array([str(DEMO / u) for u in manifest["uri"].to_pylist()])
+    )
+    pq.write_table(manifest, tmp_path / "m.parquet")
+    argv = [
+        *("--manifest", str(tmp_path / "m.parquet"), "--vocabulary", str(DEMO / "vocabulary.txt")),
+        *("--output", str(tmp_path / "out"), "--model", "demo"),
+    ]
+    assert jobs.label.main(argv, backend=LocalBackend()) == 0
+    segmenter = run_segmenter(str(tmp_path / "out"), device="cpu")
+    assert len(segmenter.text._templates) == 2
+    expected = text_query(gclip.load_segmenter("demo"), "a blue square")
+    np.testing.assert_allclose(text_query(segmenter, "a blue square"), expected, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    """The 16 demo scenes plus two copies (a 1.5x resize, a re-encoded PNG), labelled."""
+    root = tmp_path_factory.mktemp("e2e")
+    shutil.copytree(DEMO / "images", root / "images")
+    manifest = pq.read_table(DEMO / "manifest.parquet").select(["image_id", "uri"])
+    scene = Image.open(root / "images" / "scene_003.png").convert("RGB")
+    scene.resize((scene.width * 3 // 2, scene.height * 3 // 2), Image.Resampling.BICUBIC).save(
+        root / "images" / "copy_big.png"
+    )
+    Image.open(root / "images" / "scene_011.png").convert("RGB").save(
+        root / "images" / "copy_again.png", optimize=True
+    )
+    extra = pa.table(
+        {
+            "image_id": ["copy_big", "copy_again"],
+            "uri": ["images/copy_big.png", "images/copy_again.png"],
+        }
+    )
+    pq.write_table(pa.concat_tables([manifest, extra]), root / "m.parquet")
+    out = root / "out"
+    argv = [
+        *("--manifest", str(root / "m.parquet"), "--vocabulary", str(DEMO / "vocabulary.txt")),
+        *("--output", str(out), "--model", "demo", "--shard-size", "5", "--embeddings"),
+    ]
+    assert jobs.label.main(argv, backend=LocalBackend()) == 0
+    return root, out
+
+
+@pytest.mark.slow
+@needs_embeddings
+def test_search_by_text_and_by_image(labelled, capsys):
+    root, out = labelled
+    run = open_embeddings(str(out))
+    assert run.total == 18
+    ids = [i for part in read_shards(run) for i in part.ids.to_pylist()]
+    vectors = np.concatenate([part.vectors_nd for part in read_shards(run)])
+    query = text_query(run_segmenter(str(out)), "red circle")
+    expected = [ids[i] for i in np.lexsort((np.arange(len(ids)), -(vectors @ query)))[:5]]
+    assert jobs.search.main([str(out), "red circle", "--top", "5"]) == 0
+    printed = [line.split()[-1] for line in capsys.readouterr().out.splitlines()[:5]]
+    assert printed == expected
+    assert list((out / "search").glob("red-circle-*.html"))
+    assert jobs.search.main([str(out), "--image", str(root / "images" / "scene_003.png")]) == 0
+    top_two = {line.split()[-1] for line in capsys.readouterr().out.splitlines()[:2]}
+    assert top_two == {"scene_003", "copy_big"}
+
+
+@pytest.mark.slow
+@needs_embeddings
+def test_dedup_finds_the_copies_and_the_keep_manifest_relabels(labelled, tmp_path):
+    _, out = labelled
+    keep = tmp_path / "keep.parquet"
+    argv = [str(out), "--threshold", str(THRESHOLD), "--write-manifest", str(keep)]
+    assert jobs.dedup.main(argv) == 0
+    groups = {}
+    for row in pq.read_table(out / "duplicates.parquet").to_pylist():
+        groups.setdefault(row["group"], []).append(row["image_id"])
+    assert sorted(groups.values()) == [["scene_003", "copy_big"], ["scene_011", "copy_again"]]
+    assert pq.read_table(keep)["image_id"].to_pylist() == [f"scene_{i:03d}" for i in range(16)]
+    relabelled = tmp_path / "relabelled"
+    argv = [
+        *("--manifest", str(keep), "--vocabulary", str(DEMO / "vocabulary.txt")),
+        *("--output", str(relabelled), "--pretrained", "none"),
+    ]
+    # the job itself on the new manifest; a stand-in model, as the labels are not in question
+    assert jobs.label.main(argv, backend=LocalBackend(BrightnessSegmenter())) == 0
+    labelled = pq.read_table(relabelled / "annotations")["image_id"].unique().to_pylist()
+    assert sorted(labelled) == [f"scene_{i:03d}" for i in range(16)]
