@@ -18,13 +18,19 @@ FORMAT_VERSION = 4
 RUN = "run.json"
 # Per shard, written by its worker: the Parquet datasets, a COCO file, then the marker last.
 ANNOTATION_TABLES, SUMMARY_TABLES, COCO_SHARDS = "annotations", "summary", "coco"
+# Per shard with --embeddings: one CLIP image embedding per labelled image.
+EMBEDDING_TABLES = "embeddings"
 SHARDS, LEDGER, LABELS = "shards", "ledger", "labels"
 # Merged at the end of a run small enough for one file, or by `python -m jobs.merge`.
 ANNOTATIONS, FAILURES = "annotations.json", "failures.jsonl"
 EVALUATION, EVALUATION_TABLE, PREVIEWS = "evaluation.json", "evaluation.md", "previews"
 REPORT = "report.html"
+# Curation (jobs.search, jobs.dedup): one page per query, one table of near-duplicate groups.
+SEARCH, DUPLICATES = "search", "duplicates.parquet"
 # Run files found damaged (ledger files, markers) are moved here by the driver, by folder.
 DAMAGED = "damaged"
+# The driver's check that every node sees the output (running/storage_probe.py); emptied after.
+PROBES = ".probe"
 
 # A label file keeps its image's relative path with the image suffix swapped for ``.png``
 # (``nested/d.jpg`` -> ``labels/nested/d.png``), as training frameworks pair images and masks.
@@ -55,6 +61,10 @@ def annotation_table_path(index: int) -> str:
 
 def summary_table_path(index: int) -> str:
     return f"{SUMMARY_TABLES}/{shard_name(index)}.parquet"
+
+
+def embedding_table_path(index: int) -> str:
+    return f"{EMBEDDING_TABLES}/{shard_name(index)}.parquet"
 
 
 def ledger_state_path(generation: int) -> str:

@@ -33,7 +33,7 @@ from pipeline.config import RunConfig, labelling_fingerprint
 from pipeline.errors import ConfigChangedError, DamagedFileError, InputError, SetupError
 from pipeline.formats.coco import categories
 from pipeline.formats.layout import ANNOTATIONS, FAILURES, shard_path
-from pipeline.formats.ledger import Ledger, ShardEntry, ShardState
+from pipeline.formats.ledger import Ledger, ShardState
 from pipeline.formats.outputs import merge
 from pipeline.formats.progress import totals
 from pipeline.formats.run_record import RunRecord, RunState, read_run, write_run
@@ -47,7 +47,7 @@ from pipeline.running.dispatch import dispatch
 from pipeline.running.lease import Lease, LeaseLostError, Owner, acquire
 from pipeline.running.recipe import Resolution, SegmenterSpec
 from pipeline.running.records import coco_info, now, run_record
-from pipeline.running.resume import plan_with_previous
+from pipeline.running.resume import PlannedEntries, plan_with_previous
 from pipeline.running.stages import ShardSettings
 from pipeline.running.stop import StopRequest
 
@@ -90,7 +90,8 @@ class PreparedRun:
     """A validated, planned run: everything known before Ray or the model.
 
     Attributes:
-        entries: the ledger's entry per planned shard, reconciled with the shards' markers.
+        entries: the ledger's entry per planned shard, reconciled with the shards' markers
+            (objects only for the shards the ledger or a marker knows).
         previous: the output folder's ``run.json``, if it has one.
         weights: where the weights come from, as checked (for ``--dry-run``).
     """
@@ -99,21 +100,21 @@ class PreparedRun:
     vocabulary: gclip.Vocabulary
     manifest: Manifest
     plan: Plan
-    entries: dict[int, ShardEntry]
+    entries: PlannedEntries
     previous: RunRecord | None
     calibration_uris: tuple[str, ...]
     weights: str = ""
 
     @property
     def done(self) -> int:
-        return sum(e.state == ShardState.DONE for e in self.entries.values())
+        return len(self.entries.done())
 
     def complete(self, retry_failed: bool = False) -> bool:
         """Nothing is left to do: every shard is done, a previous run with these settings
         finished, and no failed image is to be relabelled."""
         if self.previous is None or self.previous.state != RunState.FINISHED:
             return False
-        if retry_failed and any(e.images_failed for e in self.entries.values()):
+        if retry_failed and any(e.images_failed for e in self.entries.known.values()):
             return False
         return self.done == len(self.entries) and not checks.differences(
             self.previous, self.config, self.vocabulary
@@ -205,6 +206,7 @@ def execute(
 def _execute(run: PreparedRun, backend: Backend, session: _Session) -> RunSummary:
     storage, started = session.storage, session.started
     config, vocabulary = run.config, run.vocabulary
+    backend.check_storage(run.manifest, config.output)  # every node sees them: else exit 2
     try:
         resolution = backend.resolve(
             SegmenterSpec(
@@ -297,21 +299,18 @@ def _label(
     """Steps 3-4: persist the plan, dispatch, merge; return the counts and retries by cause."""
     config, storage, retry_failed = run.config, session.storage, session.retry_failed
     labelling, execution = config.labelling, config.execution
-    entries = dict(run.entries)
     retried = {
         i
-        for i, e in entries.items()
+        for i, e in run.entries.known.items()
         if retry_failed and e.state == ShardState.DONE and e.images_failed
     }
+    entries = dict(run.entries.items())  # every planned shard's entry: the ledger holds them
     for index in retried:
         entries[index] = replace(entries[index], attempts=0)
     ledger = Ledger(storage, guard=session.lease.verify)
     ledger.compact(entries)  # the plan, durable before any shard runs
-    todo = [
-        s
-        for s in run.plan.shards
-        if entries[s.index].state != ShardState.DONE or s.index in retried
-    ]
+    del entries
+    todo = run.entries.to_run(retried)  # columns, each Shard made as dispatch reads it
     log.info(
         "%d shards planned (%d kept from the previous plan), %d done, %d to run, %d to relabel "
         "failed images",
@@ -325,7 +324,9 @@ def _label(
     retries: dict[str, int] = {}
     if todo:
         settings = ShardSettings(
-            context=ShardContext(fingerprint, info, run.vocabulary, run.manifest.id_kind),
+            context=ShardContext(
+                fingerprint, info, run.vocabulary, run.manifest.id_kind, labelling.embedding_format
+            ),
             inference=labelling.inference,
             images_per_call=execution.images_per_call,
             decode_threads=execution.decode_threads,

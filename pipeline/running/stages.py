@@ -11,6 +11,7 @@ a rerun writes the same bytes to the same paths.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import io
 import logging
@@ -18,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
@@ -26,11 +27,13 @@ from PIL import Image
 from gclip import InferenceConfig, Vocabulary
 from pipeline.errors import is_out_of_memory
 from pipeline.formats import images as image_io
+from pipeline.formats import tars
 from pipeline.formats.coco import ClassRegion, encode_annotations
 from pipeline.formats.descriptors import ImageRecord, Shard
 from pipeline.formats.layout import label_path
 from pipeline.formats.shard_files import (
     ShardContext,
+    ShardEmbeddings,
     ShardLabels,
     read_labels,
     read_marker,
@@ -57,6 +60,13 @@ class SegmenterLike(Protocol):
     def segment(
         self, images: Sequence[Any], vocabulary: Vocabulary, config: InferenceConfig | None = None
     ) -> list[Segmentation]: ...
+
+
+@runtime_checkable
+class EmbedderLike(Protocol):
+    """What a run with embeddings also needs of its segmenter (``gclip.Segmenter`` has it)."""
+
+    def image_embeddings(self, images: Sequence[np.ndarray]) -> np.ndarray: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +96,11 @@ class ShardSettings:
     @property
     def vocabulary(self) -> Vocabulary:
         return self.context.vocabulary
+
+    @property
+    def embeddings(self) -> bool:
+        """The shard's files include ``embeddings/`` (each labelled image's CLIP embedding)."""
+        return self.context.embedding_dtype is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +180,7 @@ class SegmentedShard:
     host_seconds: float
     seconds: float
     node: str = ""  # the model worker's, set by it
+    embeddings: ShardEmbeddings | None = None  # of ``results``' images, in their order
 
 
 def process_shard(
@@ -212,7 +228,9 @@ def segment_shard(
     on_progress: ProgressHook | None = None,
 ) -> SegmentedShard:
     """Stage 2 (model): label maps and confidences, ``images_per_call`` images at a time
-    (one at a time when the task says ``isolate``); ``on_progress`` hears of each call.
+    (one at a time when the task says ``isolate``); ``on_progress`` hears of each call. With
+    embeddings, each call's labelled images are embedded in one more batch (an image whose
+    embedding fails is recorded as failed, as one whose labels fail).
 
     A failing call is retried image by image, so one bad image is a failure record. An error
     that fails every image is raised (a bug, or a broken model), so the coordinator fails the
@@ -223,6 +241,7 @@ def segment_shard(
     start = time.perf_counter()
     failures = list(decoded.failures)
     results: list[tuple[ImageRecord, np.ndarray, np.ndarray]] = []
+    vectors: list[np.ndarray] = []  # per result, with embeddings
     errors: list[Exception] = []
     final = decoded.task.final
     per_call = 1 if decoded.task.isolate else settings.images_per_call
@@ -231,7 +250,11 @@ def segment_shard(
         if on_progress is not None:
             ids = tuple(rec.image_id for rec, _ in chunk)
             on_progress(index, labelled, ids, decoded.task.isolate)
-        for rec, seg in _segment(segmenter, chunk, settings, failures, errors, final):
+        labelled_now = list(_segment(segmenter, chunk, settings, failures, errors, final))
+        if settings.embeddings:
+            labelled_now, embedded = _embed(segmenter, chunk, labelled_now, failures, errors, final)
+            vectors += embedded
+        for rec, seg in labelled_now:
             results.append((rec, np.asarray(seg.labels_hw), np.asarray(seg.confidence_hw)))
         labelled += len(chunk)
     if on_progress is not None:
@@ -249,7 +272,61 @@ def segment_shard(
         tuple(failures),
         decoded.seconds,
         decoded.seconds + time.perf_counter() - start,
+        embeddings=_shard_embeddings(segmenter, results, vectors) if settings.embeddings else None,
     )
+
+
+def _embed(
+    segmenter: SegmenterLike,
+    chunk: list[tuple[ImageRecord, np.ndarray]],
+    labelled: list[tuple[ImageRecord, Segmentation]],
+    failures: list[dict[str, Any]],
+    errors: list[Exception],
+    final: bool,
+) -> tuple[list[tuple[ImageRecord, Segmentation]], list[np.ndarray]]:
+    """The CLIP image embeddings (``E`` float32 each) of a call's labelled images, in one
+    batch; if that fails, image by image, an image that fails then being recorded as failed
+    (its labels dropped: every labelled image has its embedding). Out of memory fails the
+    attempt before the final one, as in :func:`_segment`."""
+    if not isinstance(segmenter, EmbedderLike):
+        raise TypeError(f"{type(segmenter).__name__} has no image_embeddings: no --embeddings")
+    image_of = {id(rec): image for rec, image in chunk}
+    if not labelled:
+        return [], []
+    try:
+        batch_nd = segmenter.image_embeddings([image_of[id(rec)] for rec, _ in labelled])
+        return labelled, list(np.asarray(batch_nd, np.float32))
+    except Exception as err:
+        if is_out_of_memory(err) and not final:
+            raise
+        log.warning("embedding %d images failed; retrying them one by one", len(labelled))
+    kept, vectors = [], []
+    for rec, seg in labelled:
+        try:
+            [vector] = segmenter.image_embeddings([image_of[id(rec)]])
+        except Exception as err:  # per-image boundary
+            if is_out_of_memory(err) and not final:
+                raise
+            errors.append(err)
+            failures.append(
+                image_io.ImageFailure(rec.image_id, rec.uri, type(err).__name__, str(err)).to_json()
+            )
+            continue
+        kept.append((rec, seg))
+        vectors.append(np.asarray(vector, np.float32))
+    return kept, vectors
+
+
+def _shard_embeddings(
+    segmenter: SegmenterLike,
+    results: list[tuple[ImageRecord, np.ndarray, np.ndarray]],
+    vectors: list[np.ndarray],
+) -> ShardEmbeddings:
+    ids = tuple(rec.image_id for rec, _, _ in results)
+    if vectors:
+        return ShardEmbeddings(ids, np.stack(vectors))
+    assert isinstance(segmenter, EmbedderLike)
+    return ShardEmbeddings(ids, segmenter.image_embeddings([]))  # 0 x E: the width stands
 
 
 def _release_freed_memory() -> None:
@@ -268,7 +345,7 @@ def encode_shard(
     the marker last (relabelling merges the shard's previous labels first)."""
     start = time.perf_counter()
     task = segmented.task
-    labels = ShardLabels(failures=list(segmented.failures))
+    labels = ShardLabels(failures=list(segmented.failures), embeddings=segmented.embeddings)
     for rec, labels_hw, confidence_hw in segmented.results:
         height, width = labels_hw.shape
         image_record = {
@@ -289,7 +366,7 @@ def encode_shard(
         labels.annotations += encoded.annotations
         labels.summary += _summary_rows(rec, encoded.regions, labels_hw.size, settings.vocabulary)
     if task.retry_failed:
-        previous = read_labels(storage, task.shard.index)
+        previous = read_labels(storage, task.shard.index, settings.embeddings)
         labels = labels.merged(previous, {r.image_id for r in segmented.todo})
     labels = labels.ordered({r.image_id: r.coco_id for r in segmented.records})
     marker = write_shard(storage, task.shard.index, task.shard.digest, labels, settings.context)
@@ -350,20 +427,24 @@ def _segment(
 def _decoded(
     records: Sequence[ImageRecord], threads: int, max_pixels: int | None
 ) -> Iterator[tuple[ImageRecord, np.ndarray | image_io.ImageFailure]]:
-    """Decode on a thread pool, at most ``2 * threads`` images ahead of the consumer."""
+    """Decode on a thread pool, at most ``2 * threads`` images ahead of the consumer.
+
+    Plain files are read on the pool, one read each; the members of a tar come from one
+    forward read of it, made here between submissions (:func:`tars.record_bytes`), so a
+    shard's images in a tar cost a few large reads, not a request each.
+    """
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode") as pool:
-        pending: list[tuple[ImageRecord, Future[np.ndarray | image_io.ImageFailure]]] = []
-        queue = iter(records)
-        for rec in queue:
-            pending.append((rec, pool.submit(image_io.load, rec, max_pixels=max_pixels)))
+        pending: collections.deque[
+            tuple[ImageRecord, Future[np.ndarray | image_io.ImageFailure]]
+        ] = collections.deque()
+        for rec, data in tars.record_bytes(records):
+            pending.append((rec, pool.submit(image_io.load, rec, max_pixels, data)))
             if len(pending) >= 2 * threads:
-                break
+                done, future = pending.popleft()
+                yield done, future.result()
         while pending:
-            rec, future = pending.pop(0)
-            nxt = next(queue, None)
-            if nxt is not None:
-                pending.append((nxt, pool.submit(image_io.load, nxt, max_pixels=max_pixels)))
-            yield rec, future.result()
+            done, future = pending.popleft()
+            yield done, future.result()
 
 
 def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
