@@ -73,7 +73,8 @@ class Scripted:
         sends = sum(sent == index for sent, _ in self.sent)
         kind = self.script.get((index, sends), OutcomeKind.DONE)
         if kind != OutcomeKind.DONE:
-            return [Outcome(index, kind, error=f"{kind} on purpose")]
+            # an attempt that did not finish names the node it ran on, as the Ray executor does
+            return [Outcome(index, kind, error=f"{kind} on purpose", node=f"h (node n{sends})")]
         result = ShardResult(index, task.shard.count, 0, 3, {}, 0.5, 0.25, "host (node n1)")
         return [Outcome(index, kind, result=result)]
 
@@ -106,7 +107,12 @@ def test_todo_is_read_once_per_shard_and_retries_follow_the_first_pass(tmp_path)
     entries = Ledger(Storage(str(tmp_path))).read()
     assert all(e.state == ShardState.DONE for e in entries.values())
     assert entries[1].attempts == 3 and entries[1].retries == {"died": 1, "oom": 1}
+    assert entries[1].retry_nodes == {"h (node n1)": {"died": 1}, "h (node n2)": {"oom": 1}}
     assert entries[4].attempts == 2 and entries[4].retries == {"timeout": 1}
+    assert entries[4].retry_nodes == {"h (node n1)": {"timeout": 1}}
+    assert entries[0].retry_nodes == {}
+    ledger.compact()  # and through the compacted state's Parquet, as JSON text
+    assert Ledger(Storage(str(tmp_path))).read()[1].retry_nodes == entries[1].retry_nodes
     assert entries[0].node == "host (node n1)" and entries[0].annotations == 3
     assert entries[0].images_done == 2 and entries[0].updated  # time-stamped when written
 
@@ -122,6 +128,8 @@ def test_an_attempt_given_back_costs_nothing_and_a_lost_node_is_counted(tmp_path
     entries = ledger.entries
     assert [entries[i].attempts for i in range(3)] == [1, 1, 1]  # max_attempts=1 held
     assert entries[2].retries == {"node_lost": 1}
+    assert entries[2].retry_nodes == {"h (node n1)": {"node_lost": 1}}
+    assert entries[0].retry_nodes == {}  # interrupted: never ran, no retry
     assert all(e.state == ShardState.DONE for e in entries.values())
 
 

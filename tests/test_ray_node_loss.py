@@ -68,6 +68,13 @@ def test_a_node_lost_mid_run_the_run_goes_on_and_equals_a_clean_run(tmp_path):
         doomed_node = f"(node {doomed.node_id[:12]})"
         retried = [e for e in entries.values() if e.retries]
         assert retried and all(e.node.endswith(survivor_node) for e in retried)
+        # ... and each retry is counted on the node that was lost, by its cause
+        on_nodes = Counter()
+        for e in retried:
+            assert all(node.endswith(doomed_node) for node in e.retry_nodes), e.retry_nodes
+            for causes in e.retry_nodes.values():
+                on_nodes.update(causes)
+        assert on_nodes == in_ledger
         assert all(e.node.endswith((survivor_node, doomed_node)) for e in entries.values())
         assert_same_outputs(root / "out", root / "clean")
     finally:

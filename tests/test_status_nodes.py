@@ -14,6 +14,7 @@ from pipeline.formats.ledger import Ledger
 from pipeline.formats.storage import Storage
 
 A, B = "host-a (node aaaaaaaaaaaa)", "host-b (node bbbbbbbbbbbb)"
+C = "host-c (node cccccccccccc)"
 
 
 def _finished_run(tmp_path):
@@ -36,17 +37,24 @@ def test_status_shows_each_nodes_shards_and_images_and_the_retries_by_cause(tmp_
         (3, 1),
     ]
     entries[0] = replace(entries[0], node=A)
-    entries[1] = replace(entries[1], node=B, retries={"node_lost": 2, "died": 1})
-    entries[2] = replace(entries[2], node=A, retries={"oom": 1})
+    # shard 1 lost twice with node C (preempted), then once on A, and finished on B
+    entries[1] = replace(
+        entries[1],
+        node=B,
+        retries={"node_lost": 2, "died": 1},
+        retry_nodes={C: {"node_lost": 2}, A: {"died": 1}},
+    )
+    entries[2] = replace(entries[2], node=A, retries={"oom": 1}, retry_nodes={A: {"oom": 1}})
     del entries[3]  # the ledger lost it: known by its marker alone, its node not recorded
     ledger.compact(entries)
 
     assert status_job.main([str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    start = lines.index("by node (finished shards, labelled images):")
-    assert lines[start + 1 : start + 5] == [
-        f"  {A}: 2 shards, 6 images",
+    start = lines.index("by node (finished shards, labelled images; attempts retried there):")
+    assert lines[start + 1 : start + 6] == [
+        f"  {A}: 2 shards, 6 images; retried 1 died, 1 oom",
         f"  {B}: 1 shard, 3 images",
+        f"  {C}: 0 shards, 0 images; retried 2 node_lost",
         "  (not recorded): 1 shard, 1 images",
         "attempts retried: 1 died, 2 node_lost, 1 oom",
     ]

@@ -51,7 +51,7 @@ class ShardState(StrEnum):
 DAMAGED_LEDGER = f"{DAMAGED}/{LEDGER}"  # where the driver moves damaged ledger files
 _STATE = re.compile(r"state-(\d{6})\.parquet$")
 _SEGMENT = re.compile(r"segment-(\d{6})-(\d{6})\.jsonl$")
-_DICTS = ("retries", "failures_by_error")  # held as JSON text in the state's Parquet
+_DICTS = ("retries", "retry_nodes", "failures_by_error")  # held as JSON text in the state's Parquet
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +66,9 @@ class ShardEntry:
         annotations: annotations written, when done.
         failures_by_error: failed images by error class, when done.
         retries: retried attempts by cause: ``died`` (worker lost), ``oom``, ``timeout``,
-            ``disk_full``.
+            ``disk_full``, ``node_lost``.
+        retry_nodes: the same retries by node (host, and Ray node) and then cause, where the
+            executor knew the node the attempt ran on.
         node: the model worker that labelled the shard (host, and Ray node), when done.
         error: the last error, as ``"Class: message"``.
         traceback: the traceback of a failed shard, when there is one.
@@ -87,6 +89,7 @@ class ShardEntry:
     seconds: float = 0.0
     host_seconds: float = 0.0
     retries: dict[str, int] = field(default_factory=dict)
+    retry_nodes: dict[str, dict[str, int]] = field(default_factory=dict)
     node: str = ""
     error: str | None = None
     traceback: str | None = None
@@ -113,6 +116,7 @@ _SCHEMA = pa.schema(
         ("seconds", pa.float64()),
         ("host_seconds", pa.float64()),
         ("retries", _TEXT),
+        ("retry_nodes", _TEXT),
         ("node", _TEXT),
         ("error", _TEXT),
         ("traceback", _TEXT),
@@ -244,7 +248,9 @@ class Ledger:
 
 _NAMES = tuple(f.name for f in fields(ShardEntry))
 _FIELDS = frozenset(_NAMES)
-_ADDED = {"node": ""}  # fields added since the format began, and their value in older files
+# Fields added since the format began, and their value in older files (never mutated: an
+# entry's dicts are replaced whole, as entries are frozen).
+_ADDED: dict[str, Any] = {"node": "", "retry_nodes": {}}
 
 
 def _state_entries(data: bytes) -> dict[int, ShardEntry]:

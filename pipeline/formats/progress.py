@@ -121,6 +121,15 @@ class Progress:
         """Retried attempts by cause, over the run."""
         return sum((Counter(e.retries) for e in self.entries.values()), Counter())
 
+    def retries_by_node(self) -> dict[str, Counter[str]]:
+        """Retried attempts by the node they ran on, then cause (those whose node the
+        executor knew: the in-process executor and older ledgers record none)."""
+        by_node: dict[str, Counter[str]] = {}
+        for entry in self.entries.values():
+            for node, causes in entry.retry_nodes.items():
+                by_node.setdefault(node, Counter()).update(causes)
+        return by_node
+
 
 def totals(entries: Iterable[ShardEntry], markers: Iterable[ShardMarker] = ()) -> dict[str, Any]:
     """``run.json``'s counts over ``entries`` (and finished shards known only by marker)."""

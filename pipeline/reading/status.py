@@ -60,19 +60,24 @@ def describe_status(storage: Storage, tracebacks: bool = False) -> tuple[str, bo
 
 
 def _by_node(progress: Progress) -> list[str]:
-    """Finished shards and labelled images per model worker's node (host and Ray node id),
-    when the ledger recorded any node; shards known only by their marker come last.
-
-    Retries are counted by cause over the run, not by node: a ledger entry names only the
-    node of the attempt that finished its shard, not of the attempts that were lost.
-    """
-    by_node = progress.by_node()
-    if not by_node or set(by_node) == {""}:
+    """Per model worker's node (host and Ray node id): finished shards, labelled images and
+    the attempts retried there by cause, when the ledger recorded any node; shards known
+    only by their marker come last."""
+    by_node, retried = progress.by_node(), progress.retries_by_node()
+    if (not by_node or set(by_node) == {""}) and not retried:
         return []
-    lines = ["by node (finished shards, labelled images):"]
-    for node in sorted(by_node, key=lambda n: (n == "", n)):
-        shards, images = by_node[node]
-        lines.append(f"  {node or '(not recorded)'}: {_count(shards, 'shard')}, {images} images")
+    lines = ["by node (finished shards, labelled images; attempts retried there):"]
+    for node in sorted(set(by_node) | set(retried), key=lambda n: (n == "", n)):
+        shards, images = by_node.get(node, (0, 0))
+        causes = retried.get(node)
+        lost = (
+            "; retried " + ", ".join(f"{n} {k}" for k, n in sorted(causes.items()))
+            if causes
+            else ""
+        )
+        lines.append(
+            f"  {node or '(not recorded)'}: {_count(shards, 'shard')}, {images} images{lost}"
+        )
     return lines
 
 

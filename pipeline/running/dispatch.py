@@ -194,16 +194,28 @@ def _exclude(outcome: Outcome, entry: ShardEntry, image_id: Any, state: _Shards)
     )
     state.excluded.setdefault(outcome.shard, []).append((image_id, WORKER_LOST, message))
     log.warning("shard %d: image %r lost its worker; recorded as failed", entry.shard, image_id)
-    return _given_back(entry, outcome.kind, entry.error)
+    return replace(_given_back(entry, outcome.kind, outcome), error=entry.error)
 
 
-def _given_back(entry: ShardEntry, cause: OutcomeKind, error: str | None) -> ShardEntry:
+def _given_back(entry: ShardEntry, cause: OutcomeKind, outcome: Outcome) -> ShardEntry:
     """The entry of an attempt that ended through no fault of the shard: pending again, the
     attempt given back, the cause counted among its retries."""
-    retries = {**entry.retries, cause: entry.retries.get(cause, 0) + 1}
     return replace(
-        entry, state=ShardState.PENDING, attempts=entry.attempts - 1, retries=retries, error=error
+        _counted(entry, cause, outcome.node),
+        state=ShardState.PENDING,
+        attempts=entry.attempts - 1,
+        error=outcome.error,
     )
+
+
+def _counted(entry: ShardEntry, cause: OutcomeKind, node: str) -> ShardEntry:
+    """``entry`` with one more retry of ``cause``, by cause and, where known, by node."""
+    retries = {**entry.retries, cause: entry.retries.get(cause, 0) + 1}
+    if not node:
+        return replace(entry, retries=retries)
+    on_node = entry.retry_nodes.get(node, {})
+    on_node = {**on_node, cause: on_node.get(cause, 0) + 1}
+    return replace(entry, retries=retries, retry_nodes={**entry.retry_nodes, node: on_node})
 
 
 def _after_attempt(
@@ -232,12 +244,12 @@ def _after_attempt(
     if kind == OutcomeKind.NODE_LOST:
         if entry.retries.get(kind, 0) < MAX_NODE_LOSSES:  # not the shard's fault
             log.warning("shard %d: %s; retrying elsewhere", entry.shard, outcome.error)
-            return ledger.write(_given_back(entry, kind, outcome.error))
+            return ledger.write(_given_back(entry, kind, outcome))
         # past the bound: counted, and then retried as a lost worker
-        entry = replace(entry, retries={**entry.retries, kind: entry.retries[kind] + 1})
+        entry = _counted(entry, kind, outcome.node)
         kind = OutcomeKind.DIED
     if kind == OutcomeKind.DISK_FULL:  # a resource, not the shard's fault: left for the resume
-        return ledger.write(_given_back(entry, kind, outcome.error))
+        return ledger.write(_given_back(entry, kind, outcome))
     if kind == OutcomeKind.SETUP:
         ledger.write(
             replace(
@@ -249,8 +261,8 @@ def _after_attempt(
         )
         raise SetupError(outcome.error or "worker setup failed", outcome.traceback)
     if kind.retryable:
-        retries = {**entry.retries, kind: entry.retries.get(kind, 0) + 1}
-        entry = replace(entry, retries=retries, error=outcome.error)
+        entry = replace(_counted(entry, kind, outcome.node), error=outcome.error)
+        retries = entry.retries
         if entry.attempts < max_attempts:
             log.warning(
                 "%s on shard %d (attempt %d/%d): %s; retrying",

@@ -57,6 +57,8 @@ class Outcome:
         result: set when ``kind`` is ``done``.
         in_progress: when the worker was lost, the ids of the images it was labelling then,
             if known.
+        node: where an attempt that did not finish ran (host, and Ray node), when known:
+            the ledger counts each shard's retries by node as well as by cause.
     """
 
     shard: int
@@ -65,6 +67,7 @@ class Outcome:
     error: str | None = None
     traceback: str | None = None
     in_progress: tuple[Any, ...] = ()
+    node: str = ""
 
 
 def failure_kind(err: BaseException) -> OutcomeKind:

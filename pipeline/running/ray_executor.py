@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pipeline.errors import SetupError, describe, is_out_of_memory, plain
@@ -58,6 +58,7 @@ class _Slot:
     attempts: deque[_Attempt] = field(default_factory=deque)
     placement: Placement = field(default_factory=lambda: Placement({"num_cpus": 1.0}))
     node_id: str | None = None  # the actor's Ray node, once known
+    node: str = ""  # the same as the ledger names nodes: "host (node <id[:12]>)"
     waiting_reported: bool = False  # its model waited long for resources, and the log said so
     recover_ref: Any = None  # a call the actor answers once Ray has restarted it
     recover_since: float = 0.0
@@ -213,6 +214,7 @@ class RayExecutor:
         exceptions = self._ray.exceptions
         try:
             slot.node_id = self._ray.get(slot.setup_ref)
+            slot.node = self._node_name(slot.node_id)
             slot.setup_ref = None
             log.info("model worker ready (%d of %d)", self._ready(), len(self._slots))
             return
@@ -241,6 +243,8 @@ class RayExecutor:
         outcome, lost = self._outcome(attempt.task, ref)
         if not lost:
             self._forget(slot, [attempt])
+            if outcome.kind != OutcomeKind.DONE:  # its result names its node itself
+                outcome = replace(outcome, node=slot.node)
             return [outcome]
         # The actor died: every attempt on it ended at once. Those it had answered keep
         # their outcome; of the others, the one on the model is the cause, and the rest never
@@ -261,7 +265,11 @@ class RayExecutor:
         if not self._node_alive(slot.node_id):  # preempted, or its raylet crashed
             kind = OutcomeKind.NODE_LOST
             error = f"NodeLost: the node of its model worker was lost ({error})"
-        ended.append(Outcome(cause.task.shard.index, kind, error=error, in_progress=in_progress))
+        ended.append(
+            Outcome(
+                cause.task.shard.index, kind, error=error, in_progress=in_progress, node=slot.node
+            )
+        )
         ended += [_interrupted(a) for a in unanswered if a is not cause]
         self._forget(slot, list(slot.attempts))
         self._recover(slot)
@@ -358,7 +366,9 @@ class RayExecutor:
                 f"TimeoutError: the attempt ran past its {self._shard_timeout_s:.0f} s deadline "
                 "(--shard-timeout); its worker was restarted"
             )
-            ended.append(Outcome(late.task.shard.index, OutcomeKind.TIMEOUT, error=message))
+            ended.append(
+                Outcome(late.task.shard.index, OutcomeKind.TIMEOUT, error=message, node=slot.node)
+            )
             ended += [_interrupted(a) for a in slot.attempts if a is not late]
             self._forget(slot, list(slot.attempts))
             self._recover(slot)
@@ -478,6 +488,17 @@ class RayExecutor:
 
     def _ready(self) -> int:
         return sum(s.ready for s in self._slots)
+
+    def _node_name(self, node_id: str | None) -> str:
+        """``node_id`` as :meth:`LabelWorker.node` names it (host, and the id's first 12
+        characters); a lost node is still listed by Ray, so its attempts keep their node."""
+        if node_id is None:
+            return ""
+        try:
+            hosts = {n["NodeID"]: n.get("NodeManagerHostname", "") for n in self._ray.nodes()}
+        except self._ray.exceptions.RayError:
+            hosts = {}
+        return f"{hosts.get(node_id) or '?'} (node {node_id[:12]})"
 
     def _node_alive(self, node_id: str | None) -> bool:
         """Whether Ray still counts ``node_id`` among its live nodes (unknown: yes)."""
