@@ -130,8 +130,13 @@ def test_ivf_recall_against_the_exact_index(tmp_path):
     )
     write_embeddings(out, vectors, ids, shard_size=500)
 
-    def pairs(index):
-        settings = DedupSettings(threshold=0.95, index=index, nprobe=8)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+
+    def pairs(index, block_size=1_000_000):
+        settings = DedupSettings(
+            threshold=0.95, index=index, nprobe=8, block_size=block_size, scratch=str(scratch)
+        )
         table = find_duplicates(str(out), settings).table.to_pylist()
         first = {}
         for row in table:
@@ -141,6 +146,9 @@ def test_ivf_recall_against_the_exact_index(tmp_path):
         }
 
     exact, approximate = pairs("flat"), pairs("ivf")
+    # the lists built in blocks (4 files of ~1,000 vectors, merged on disk): the same lists
+    assert pairs("ivf", block_size=700) == approximate
+    assert list(scratch.iterdir()) == []  # the on-disk lists and blocks removed after
     planted = {(f"v{s:05d}", f"v{3000 + n:05d}") for n, s in enumerate(sources)}
     assert exact == planted  # random vectors: no pair above 0.95 but the planted ones
     recall = len(approximate & exact) / len(exact)

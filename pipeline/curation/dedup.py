@@ -10,11 +10,13 @@ library for this, with exact and approximate indexes behind one interface):
   default up to :attr:`DedupSettings.flat_limit` embeddings.
 * ``ivf`` (approximate, past that): an ``IndexIVFScalarQuantizer`` (fp16 codes, inner
   product), its coarse centroids trained on an evenly spaced sample, the vectors added shard by
-  shard, each shard then range-searched over ``nprobe`` lists. Memory ``N x D x 2`` bytes plus
-  the centroids; the vectors never sit in memory as float32 all at once. Recall below 1 is
-  possible (a copy whose list is not probed); the tests and ``benchmarks/curation.py``
-  measure it against ``flat``. Past memory even at 2 bytes a value, faiss's on-disk
-  inverted lists (``faiss.contrib.ondisk``) would be the next step: not done here.
+  shard into blocks of at most ``block_size`` vectors, each block's lists written to a scratch
+  folder and merged into one file of on-disk inverted lists (``faiss.contrib.ondisk``,
+  memory-mapped: the index may exceed memory, the page cache holds what the searches touch);
+  each shard is then range-searched over ``nprobe`` lists. Disk ``N x D x 2`` bytes (twice,
+  briefly, while merging), memory one block plus the centroids. Recall below 1 is possible (a
+  copy whose list is not probed); the tests and ``benchmarks/curation.py`` measure it
+  against ``flat``.
 
 Everything after the index is exact and bounded by the number of grouped images: the
 ``similarity`` written is recomputed from the float32 embeddings (each member against its
@@ -28,7 +30,10 @@ run order.
 from __future__ import annotations
 
 import math
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -56,6 +61,9 @@ class DedupSettings:
         nlist: IVF lists (default ``4 sqrt(N)``, at most one per 39 training vectors).
         nprobe: IVF lists searched per query (more: higher recall, slower).
         train_size: at most this many vectors train the IVF centroids.
+        block_size: at most this many vectors are added to an IVF block in memory before its
+            lists go to disk.
+        scratch: the folder for the on-disk lists (default: the system temp), removed after.
     """
 
     threshold: float = DEFAULT_THRESHOLD
@@ -64,6 +72,8 @@ class DedupSettings:
     nlist: int | None = None
     nprobe: int = 16
     train_size: int = 100_000
+    block_size: int = 1_000_000
+    scratch: str | None = None
 
     def __post_init__(self) -> None:
         if not -1 < self.threshold < 1:
@@ -111,8 +121,10 @@ def find_duplicates(output: str, settings: DedupSettings | None = None) -> Dupli
     kind = settings.index
     if kind == "auto":
         kind = "flat" if run.total <= settings.flat_limit else "ivf"
-    index = _flat(run) if kind == "flat" else _ivf(run, settings)
-    first_a, second_a = _links(run, index, settings.threshold)
+    with tempfile.TemporaryDirectory(prefix="gclip-dedup-", dir=settings.scratch) as scratch:
+        index = _flat(run) if kind == "flat" else _ivf(run, settings, Path(scratch))
+        first_a, second_a = _links(run, index, settings.threshold)
+        del index  # its memory-mapped lists, before their folder goes
     group_n, first_g = _components(first_a, second_a, run.total)
     return Duplicates(_table(run, group_n, first_g), run.total, kind)
 
@@ -134,10 +146,11 @@ def _flat(run: EmbeddedRun) -> object:
     return index
 
 
-def _ivf(run: EmbeddedRun, settings: DedupSettings) -> object:
-    """An IVF index with fp16 codes: centroids from an evenly spaced sample, then every vector
-    added shard by shard."""
+def _ivf(run: EmbeddedRun, settings: DedupSettings, scratch: Path) -> object:
+    """An IVF index with fp16 codes on on-disk lists: centroids from an evenly spaced sample,
+    then the vectors added shard by shard into blocks written to ``scratch`` and merged."""
     import faiss
+    from faiss.contrib.ondisk import merge_ondisk
 
     step = max(1, math.ceil(run.total / settings.train_size))
     offsets = run.offsets
@@ -149,15 +162,39 @@ def _ivf(run: EmbeddedRun, settings: DedupSettings) -> object:
     )
     nlist = settings.nlist or max(1, min(int(4 * math.sqrt(run.total)), len(train_nd) // 39))
     quantizer = faiss.IndexFlatIP(run.dimension)
-    index = faiss.IndexIVFScalarQuantizer(
+    trained = faiss.IndexIVFScalarQuantizer(
         quantizer, run.dimension, nlist, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
     )
-    index.cp.seed = 1234  # k-means seeded: the same run gives the same lists, the same groups
-    index.train(train_nd)
-    for part in read_shards(run):
-        index.add(part.vectors_nd)
-    index.nprobe = min(settings.nprobe, nlist)
+    trained.cp.seed = 1234  # k-means seeded: the same run gives the same lists, the same groups
+    trained.train(train_nd)
+    del train_nd
+    trained_path = str(scratch / "trained.index")
+    faiss.write_index(trained, trained_path)
+    blocks: list[str] = []
+    block = faiss.read_index(trained_path)
+    for part, offset in zip(read_shards(run), offsets.tolist(), strict=True):
+        rows = len(part.vectors_nd)
+        block.add_with_ids(part.vectors_nd, np.arange(offset, offset + rows, dtype=np.int64))
+        if block.ntotal >= settings.block_size:
+            blocks.append(_write_block(block, scratch, len(blocks)))
+            block = faiss.read_index(trained_path)
+    if block.ntotal or not blocks:
+        blocks.append(_write_block(block, scratch, len(blocks)))
+    del block
+    index = faiss.read_index(trained_path)
+    merge_ondisk(index, blocks, str(scratch / "lists.ivfdata"))
+    for path in blocks:  # merged: the blocks' copies of the lists are no longer needed
+        Path(path).unlink()
+    faiss.extract_index_ivf(index).nprobe = min(settings.nprobe, nlist)
     return index
+
+
+def _write_block(block: Any, scratch: Path, number: int) -> str:
+    import faiss
+
+    path = str(scratch / f"block-{number:06d}.index")
+    faiss.write_index(block, path)
+    return path
 
 
 def _links(run: EmbeddedRun, index: object, threshold: float) -> tuple[np.ndarray, np.ndarray]:
