@@ -9,6 +9,7 @@ import io
 import json
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -217,3 +218,26 @@ def test_rerunning_keeps_the_finished_variants(compared):
     for name, before in runs.items():
         assert (root / "out" / "variants" / name / "run.json").read_bytes() == before
     assert (root / "out" / "compare.json").read_bytes() == page
+
+
+@pytest.mark.browser
+def test_the_page_opens_in_headless_chromium_with_every_picture_loaded(compared, tmp_path):
+    from test_report import chromium
+
+    browser = chromium()
+    root, _ = compared
+    # A copy with a probe: once loaded, the title says how many pictures decoded.
+    probe = (
+        "<script>addEventListener('load',()=>{const i=[...document.images];"
+        "document.title='loaded '+i.filter(x=>x.complete&&x.naturalWidth>0).length+' of '"
+        "+i.length;});</script>"
+    )
+    page = tmp_path / "probe.html"
+    text = (root / "out" / "compare.html").read_text()
+    page.write_text(text.replace("</body>", probe + "</body>"))
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000"]
+    dom = subprocess.run(
+        [*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
+    ).stdout
+    pictures = 4 * len(VARIANTS)
+    assert f"<title>loaded {pictures} of {pictures}</title>" in dom

@@ -78,8 +78,44 @@ def labelled(tmp_path_factory):
         *("--manifest", str(root / "m.parquet"), "--vocabulary", str(DEMO / "vocabulary.txt")),
         *("--output", str(out), "--model", "demo", "--shard-size", "5", "--embeddings"),
     ]
-    assert jobs.label.main(argv, backend=LocalBackend()) == 0
+    assert jobs.label.main(argv) == 0  # on the embedded Ray, as users run it
     return root, out
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@needs_embeddings
+def test_embeddings_written_through_ray_equal_open_clip(labelled):
+    """The workers' rows equal open_clip's own encode_image on its eval transform, computed
+    here from the image files with the checkpoint loaded by open_clip directly."""
+    import open_clip
+    import torch
+
+    import gclip
+    from gclip.catalog import local_dir
+
+    root, out = labelled
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        f"local-dir:{local_dir(gclip.DEMO_MODEL)}"
+    )
+    model.eval()
+    uris = dict(
+        zip(
+            *pq.read_table(root / "m.parquet").select(["image_id", "uri"]).to_pydict().values(),
+            strict=True,
+        )
+    )
+    run = open_embeddings(str(out))
+    checked = 0
+    for part in read_shards(run):
+        for image_id, vector in zip(part.ids.to_pylist(), part.vectors_nd, strict=True):
+            image = Image.open(root / uris[image_id]).convert("RGB")
+            with torch.no_grad():
+                expected = model.encode_image(preprocess(image).unsqueeze(0))[0]
+            expected = (expected / expected.norm()).numpy()
+            np.testing.assert_allclose(vector, expected, atol=1e-4)
+            checked += 1
+    assert checked == 18
 
 
 @pytest.mark.slow

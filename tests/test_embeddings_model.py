@@ -68,6 +68,23 @@ def test_the_demo_model_embeds_as_open_clip_does():
     assert segmenter.image_embeddings([]).shape == (0, 64)
 
 
+@pytest.mark.slow
+def test_a_random_weight_vit_b_16_embeds_as_open_clip_does():
+    """The issue's model: ViT-B/16 with random weights, built by open_clip with its own eval
+    transform (224 px, OpenAI mean and std), against the segmenter built on the same model."""
+    torch.manual_seed(0)
+    model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-16", pretrained=None)
+    model.eval()
+    tokenizer = open_clip.get_tokenizer("ViT-B-16")
+    segmenter = gclip.Segmenter.from_open_clip(model, tokenizer, "gclip")
+    batch = images(3, seed=1)
+    expected = np.stack([reference(model, preprocess, im) for im in batch])
+    embedding_be = segmenter.image_embeddings(batch)
+    assert embedding_be.shape == (3, 512)
+    np.testing.assert_allclose(embedding_be, expected, atol=1e-4)
+    assert np.abs(embedding_be[0] - embedding_be[1]).max() > 1e-3
+
+
 def test_a_non_rgb_array_is_refused(clip6, tokenizer):
     segmenter = gclip.Segmenter.from_open_clip(clip6, tokenizer, "clip")
     with pytest.raises(ValueError, match="H x W x 3 uint8"):
