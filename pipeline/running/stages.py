@@ -305,12 +305,7 @@ def _embed(
         try:
             [vector] = segmenter.image_embeddings([image_of[id(rec)]])
         except Exception as err:  # per-image boundary
-            if is_out_of_memory(err) and not final:
-                raise
-            errors.append(err)
-            failures.append(
-                image_io.ImageFailure(rec.image_id, rec.uri, type(err).__name__, str(err)).to_json()
-            )
+            _image_failed(rec, err, final, errors, failures)
             continue
         kept.append((rec, seg))
         vectors.append(np.asarray(vector, np.float32))
@@ -414,12 +409,7 @@ def _segment(
         try:
             [seg] = segmenter.segment([img], settings.vocabulary, settings.inference)
         except Exception as err:  # per-image boundary
-            if is_out_of_memory(err) and not final:
-                raise
-            errors.append(err)
-            failures.append(
-                image_io.ImageFailure(rec.image_id, rec.uri, type(err).__name__, str(err)).to_json()
-            )
+            _image_failed(rec, err, final, errors, failures)
             continue
         yield rec, seg
 
@@ -445,6 +435,23 @@ def _decoded(
         while pending:
             done, future = pending.popleft()
             yield done, future.result()
+
+
+def _image_failed(
+    rec: ImageRecord,
+    err: Exception,
+    final: bool,
+    errors: list[Exception],
+    failures: list[dict[str, Any]],
+) -> None:
+    """Record one image's failure; an out-of-memory error is the attempt's instead (re-raised)
+    unless this is its last attempt, as memory may suffice on a retry."""
+    if is_out_of_memory(err) and not final:
+        raise err
+    errors.append(err)
+    failures.append(
+        image_io.ImageFailure(rec.image_id, rec.uri, type(err).__name__, str(err)).to_json()
+    )
 
 
 def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
