@@ -21,7 +21,6 @@ import argparse
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from s3_server import MotoServer
 
 ROOT = Path(__file__).resolve().parents[1]
 FILE_ROWS = 1_000_000
@@ -119,7 +119,8 @@ def resume_case(shards: int, workdir: Path, where: str) -> None:
     """A run with ``shards`` finished shards (and two pending), on local disk or a moto S3
     server; time a fresh driver's resume (in its own process) up to its first dispatch."""
     if where == "s3":
-        with moto_server() as endpoint:
+        with MotoServer() as server:
+            endpoint = server.endpoint
             os.environ.update(
                 AWS_ENDPOINT_URL=endpoint,
                 AWS_ACCESS_KEY_ID="x",
@@ -199,31 +200,6 @@ def _resume(shards: int, location: str, fs: Any, root: str) -> None:
         f"{float(total):.1f} s ({float(cpu):.1f} CPU s), driver peak {float(peak):.0f} MB "
         f"({todo} to run)"
     )
-
-
-class moto_server:
-    """A moto S3 server on a free loopback port, for the length of a ``with`` block."""
-
-    def __enter__(self) -> str:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-p", str(port), "-H", "127.0.0.1"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for _ in range(300):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        return f"http://127.0.0.1:{port}"
-
-    def __exit__(self, *exc: object) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
 
 
 def main() -> None:

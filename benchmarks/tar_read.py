@@ -22,10 +22,6 @@ import argparse
 import io
 import json
 import os
-import re
-import socket
-import subprocess
-import sys
 import tarfile
 import tempfile
 import time
@@ -34,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.fs as pafs
 from PIL import Image
+from s3_server import MotoServer
 
 from gclip.demo_world import generate_scene
 from pipeline.planning.manifest import open_manifest
@@ -43,43 +40,7 @@ from pipeline.planning.sources import list_sources
 from pipeline.running.stages import _decoded
 
 SIZE_HW = (375, 500)
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 BUCKET = "bench"
-
-
-class MotoServer:
-    """A moto S3 server on a free loopback port, its request log in a file, for a ``with``."""
-
-    def __init__(self, log: Path) -> None:
-        self.log = log
-
-    def __enter__(self) -> MotoServer:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        with open(self.log, "wb") as sink:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-p", str(port), "-H", "127.0.0.1"],
-                stdout=subprocess.DEVNULL,
-                stderr=sink,  # werkzeug logs each request there, a line each
-            )
-        for _ in range(300):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        self.endpoint = f"http://127.0.0.1:{port}"
-        return self
-
-    def requests(self) -> int:
-        """GET and HEAD requests logged so far."""
-        text = _ANSI.sub("", self.log.read_text(errors="replace"))  # werkzeug colours 206s
-        return sum(('"GET ' in line or '"HEAD ' in line) for line in text.splitlines())
-
-    def __exit__(self, *exc: object) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
 
 
 def jpegs(count: int) -> list[bytes]:
