@@ -16,7 +16,7 @@ import gclip
 from gclip.demo_world import CLASS_NAMES, generate_scene, vocabulary_text
 from gclip.metrics import confusion_matrix, scores
 
-HELD_OUT_SEED = 20261125  # training draws from seed 0's stream only
+HELD_OUT_SEED = 20261125  # training draws from the streams of seeds 0 and 1 only
 
 
 def held_out_scenes(count: int, size: int = 128):

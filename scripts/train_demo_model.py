@@ -10,8 +10,18 @@ localise at this size (an earlier experiment: image-level zero-shot 100 %, dense
 pixel accuracy 0.37 to 0.51). Shapes are learnt late: the loss drops
 sharply after about 3,000 steps; 9,000 steps take about 35 minutes on 2 cores.
 
-    python scripts/train_demo_model.py                             # the shipped model
-    python scripts/train_demo_model.py --steps 3 --out /tmp/demo   # smoke test
+The dense term alone leaves the image-level embedding (open_clip's ``encode_image``, what
+``--embeddings`` and ``jobs.search`` read) at chance. A second stage fine-tunes the first
+stage's model with both terms: the dense one as before, and a global one, a per-class sigmoid
+loss of the image embedding's cosine to each class prompt (a learnt scale and bias) against
+which object classes the scene holds, on scenes of two crops a side resized to one crop as
+the evaluation transform resizes an image. 1,500 steps (about 13 minutes) lift text-to-image
+precision at 10 from 0.26 to 0.98 on generated scenes, dense mIoU unchanged.
+
+    python scripts/train_demo_model.py --out /tmp/stage1               # dense term only
+    python scripts/train_demo_model.py --init /tmp/stage1 --global-weight 1 --steps 1500 \
+        --lr 3e-4 --seed 1                                             # the shipped model
+    python scripts/train_demo_model.py --steps 3 --out /tmp/demo       # smoke test
 
 Writes open_clip's local-dir layout (``open_clip_config.json`` + fp16
 ``open_clip_model.safetensors``) and ``gclip.json`` (method options, inference scale and prompt
@@ -82,6 +92,22 @@ def batch(rng: np.random.Generator, size: int, side: int) -> tuple[torch.Tensor,
     return images, labels
 
 
+def global_batch(
+    rng: np.random.Generator, size: int, side: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``B x 3 x S x S`` normalised images, scenes of ``2S`` a side resized to ``S`` (bicubic,
+    antialiased, as the evaluation transform resizes), and ``B x (K-1)`` float targets: which
+    object classes each scene holds."""
+    scenes = [generate_scene(rng, (2 * side, 2 * side)) for _ in range(size)]
+    images = torch.from_numpy(np.stack([s.image_hwc_uint8 for s in scenes])).permute(0, 3, 1, 2)
+    images = F.interpolate(images.float() / 255, size=(side, side), mode="bicubic", antialias=True)
+    images = (images - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
+    present = torch.zeros(size, len(CLASS_NAMES))
+    for row, scene in enumerate(scenes):
+        present[row, torch.from_numpy(np.unique(scene.labels_hw).astype(np.int64))] = 1
+    return images, present[:, 1:]
+
+
 def class_embeddings(model: open_clip.CLIP, tokenizer) -> torch.Tensor:
     """``K x E`` prompt-ensembled class embeddings (differentiable: the text tower trains too)."""
     prompts = [t.format(name) for name in CLASS_NAMES for t in TEMPLATES]
@@ -97,10 +123,16 @@ def train(
     log_every: int,
     object_weight: float = 2.0,
     lr: float = 1e-3,
+    init: Path | None = None,
+    global_weight: float = 0.0,
 ) -> open_clip.CLIP:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = open_clip.CLIP(**cfg)
+    if init is None:
+        model = open_clip.CLIP(**cfg)
+    else:  # an earlier stage's model (saved in fp16), trained on in fp32
+        model = open_clip.create_model(f"local-dir:{init}", weights_only=True).float()
+        model.train()
     tokenizer = open_clip.get_tokenizer(
         "ViT-B-16", context_length=cfg["text_cfg"]["context_length"]
     )
@@ -111,7 +143,11 @@ def train(
         global_blocks=tuple(options["global_blocks"]),
         cs_start_block=options["cs_start_block"],
     ).resolve(backbone.depth)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    # the global term's sigmoid: a learnt scale (log) and bias, not part of the saved model
+    global_scale = torch.nn.Parameter(torch.tensor(float(np.log(10.0))))
+    global_bias = torch.nn.Parameter(torch.tensor(-5.0))
+    extra = [global_scale, global_bias] if global_weight else []
+    optimizer = torch.optim.AdamW([*model.parameters(), *extra], lr=lr, weight_decay=0.05)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=lr, total_steps=steps, pct_start=0.1
     )
@@ -124,11 +160,17 @@ def train(
         feats = dense_features(
             backbone, config, images, channel_suppression(backbone, config)
         )  # B x g x g x E
-        logits = LOGIT_SCALE * torch.einsum(
-            "bhwe,ke->bkhw", feats, class_embeddings(model, tokenizer)
-        )
+        text = class_embeddings(model, tokenizer)  # K x E
+        logits = LOGIT_SCALE * torch.einsum("bhwe,ke->bkhw", feats, text)
         logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
         loss = F.cross_entropy(logits, labels, weight=class_weights)
+        global_loss = torch.zeros(())
+        if global_weight:
+            g_images, g_present = global_batch(rng, batch_size, cfg["vision_cfg"]["image_size"])
+            g_emb = F.normalize(model.encode_image(g_images), dim=-1)  # B x E
+            g_logits = global_scale.exp() * g_emb @ text[1:].T + global_bias  # B x (K-1)
+            global_loss = F.binary_cross_entropy_with_logits(g_logits, g_present)
+            loss = loss + global_weight * global_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -137,7 +179,8 @@ def train(
         if step % log_every == 0 or step == steps:
             acc = (logits.argmax(1) == labels).float().mean().item()
             print(
-                f"step {step:5d}  loss {loss.item():.4f}  pixel acc {acc:.3f}  {time.time() - start:6.0f} s",
+                f"step {step:5d}  loss {loss.item():.4f}  global {global_loss.item():.4f}  "
+                f"pixel acc {acc:.3f}  {time.time() - start:6.0f} s",
                 flush=True,
             )
     return model.eval()
@@ -190,11 +233,27 @@ def main() -> None:
     parser.add_argument("--patch-size", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=64, help="training crop side, in pixels")
     parser.add_argument("--out", type=Path, default=Path("gclip/assets/demo"))
+    parser.add_argument(
+        "--init", type=Path, help="start from this saved model (the second stage: --global-weight)"
+    )
+    parser.add_argument(
+        "--global-weight", type=float, default=0.0, help="weight of the image-level term"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg = model_config(args.layers, args.width, args.patch_size, args.image_size)
+    if args.init is not None:  # the earlier stage's architecture, whatever the flags say
+        cfg = json.loads((args.init / "open_clip_config.json").read_text())["model_cfg"]
     model = train(
-        cfg, args.steps, args.batch_size, args.seed, args.log_every, args.object_weight, args.lr
+        cfg,
+        args.steps,
+        args.batch_size,
+        args.seed,
+        args.log_every,
+        args.object_weight,
+        args.lr,
+        args.init,
+        args.global_weight,
     )
     save(model, cfg, args.out)
     print(f"saved to {args.out}")

@@ -84,3 +84,22 @@ def test_demo_model_labels_land_on_the_objects(demo_segmenter, pamr, floor):
     print(f"PAMR={pamr}: mIoU {result.miou:.3f}")
     assert result.miou >= floor
     assert result.iou[0] > 0.95  # background
+
+
+def test_demo_model_s_image_embedding_finds_the_class_named(demo_segmenter):
+    """The image-level embedding (what --embeddings writes and jobs.search ranks) knows what
+    a scene holds: each class name's text embedding ranks 200 held-out scenes, and the ten
+    best hold the class (measured: 'red circle' 10 of 10, 0.98 over the 12 classes; R-precision
+    0.85 and 0.81), where chance is about 0.15."""
+    rng = np.random.default_rng(4242)
+    scenes = [generate_scene(rng, (128, 140)) for _ in range(200)]
+    images_be = demo_segmenter.image_embeddings([s.image_hwc_uint8 for s in scenes])
+    text_ke = demo_segmenter.text.embed_names(list(CLASS_NAMES[1:])).cpu().numpy()
+    scores_bk = images_be @ text_ke.T
+    at_ten = []
+    for k in range(len(CLASS_NAMES) - 1):
+        best = np.argsort(-scores_bk[:, k], kind="stable")[:10]
+        at_ten.append(np.mean([k + 1 in np.unique(scenes[i].labels_hw) for i in best]))
+    chance = np.mean([[k in np.unique(s.labels_hw) for k in range(1, 13)] for s in scenes])
+    assert at_ten[0] >= 0.9  # red circle
+    assert np.mean(at_ten) >= 0.9 > 5 * chance

@@ -167,12 +167,29 @@ def test_driver_killed_then_resumed_on_s3_equals_clean(s3_env, tmp_path, clean_r
         assert fs.get_file_info(path).mtime_ns == stamp  # finished shards not rewritten
 
 
-def test_sigterm_on_ray_ends_interrupted_and_resumes_to_a_clean_run(tmp_path, clean_run):
+def doubled_manifest(folder: Path) -> Path:
+    """The demo manifest twice over (the copies under ids of their own), absolute uris."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(DEMO / "manifest.parquet").select(["image_id", "uri"])
+    uris = [str(DEMO / u) for u in table["uri"].to_pylist()]
+    ids = table["image_id"].to_pylist()
+    doubled = pa.table({"image_id": ids + [f"{i}_again" for i in ids], "uri": uris + uris})
+    pq.write_table(doubled, folder / "doubled.parquet")
+    return folder / "doubled.parquet"
+
+
+def test_sigterm_on_ray_ends_interrupted_and_resumes_to_a_clean_run(tmp_path):
     """As `ray job stop` does: before, Ray's own SIGTERM handler made it exit 1, 'failed'."""
     out = tmp_path / "out"
-    # Shards of one image: when the signal lands, many are still queued (at most 3 in flight
-    # finish first), so the run must stop rather than run out of work.
-    command = [*job_command(out), "--shard-size", "1"]
+    # 32 shards of one image: when the signal lands, some are still queued (at most 3 calls
+    # of 8 are in flight on the one worker, and finish first), so the run must stop rather
+    # than run out of work.
+    manifest = doubled_manifest(tmp_path)
+    command = [*job_command(out), "--shard-size", "1", "--manifest", str(manifest)]
+    clean_run = tmp_path / "clean"
+    assert run_labelling(demo_config(clean_run, manifest=str(manifest)), LocalBackend()).ok
     driver = subprocess.Popen(
         command, cwd=ROOT, start_new_session=True, stderr=subprocess.PIPE, text=True
     )
@@ -186,7 +203,7 @@ def test_sigterm_on_ray_ends_interrupted_and_resumes_to_a_clean_run(tmp_path, cl
     assert "SystemExit" not in err
     run = json.loads((out / "run.json").read_text())
     assert run["state"] == "interrupted"
-    assert len(list((out / "shards").glob("shard-*.json"))) < 16  # it stopped mid-run
+    assert len(list((out / "shards").glob("shard-*.json"))) < 32  # it stopped mid-run
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     # other shard boundaries than the clean run's: the merged COCO file is what must agree

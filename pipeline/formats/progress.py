@@ -15,9 +15,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
+
 from pipeline.errors import DamagedFileError
 from pipeline.formats.layout import DAMAGED, SHARDS, shard_path
-from pipeline.formats.ledger import Ledger, ShardEntry, ShardState
+from pipeline.formats.ledger import Ledger, PlannedEntries, ShardEntry, ShardState
 from pipeline.formats.shard_files import ShardMarker, read_marker
 from pipeline.formats.storage import Storage
 
@@ -71,19 +73,25 @@ class Progress:
     """Every shard the ledger knows, each with the state its marker gives it.
 
     Attributes:
-        entries: by shard index.
+        entries: by shard index: the ledger's plan as columns, objects for the shards it or
+            a marker knows (the others are fresh ``pending`` entries, made when read).
         unplanned: shards with a marker but no ledger entry (the ledger lost them), as
             markers; they count as done.
         damaged: files that could not be read (path -> problem), skipped.
     """
 
-    entries: dict[int, ShardEntry]
+    entries: PlannedEntries
     unplanned: dict[int, ShardMarker]
     damaged: dict[str, str]
 
     @property
     def done(self) -> list[ShardEntry]:
-        return [e for e in self.entries.values() if e.state == ShardState.DONE]
+        return [e for _, e in sorted(self.entries.known.items()) if e.state == ShardState.DONE]
+
+    @property
+    def failed(self) -> list[ShardEntry]:
+        """The failed shards' entries, by index."""
+        return [e for _, e in sorted(self.entries.known.items()) if e.state == ShardState.FAILED]
 
     @property
     def done_shards(self) -> list[int]:
@@ -97,14 +105,15 @@ class Progress:
         return counts
 
     def states(self) -> Counter[ShardState]:
-        states = Counter(e.state for e in self.entries.values())
+        states = Counter(e.state for e in self.entries.known.values())
+        states[ShardState.PENDING] += len(self.entries) - len(self.entries.known)  # fresh ones
         states[ShardState.DONE] += len(self.unplanned)
         return states
 
     def totals(self) -> dict[str, Any]:
         """Shards planned, done and failed; images labelled and failed; annotations; failed
         images by error: summed over the finished shards (no shard file is read)."""
-        return totals(self.entries.values(), self.unplanned.values())
+        return totals(self.entries, self.unplanned.values())
 
     def by_node(self) -> dict[str, tuple[int, int]]:
         """Finished shards and their labelled images, by the model worker that labelled them
@@ -119,25 +128,31 @@ class Progress:
 
     def retries(self) -> Counter[str]:
         """Retried attempts by cause, over the run."""
-        return sum((Counter(e.retries) for e in self.entries.values()), Counter())
+        return sum((Counter(e.retries) for e in self.entries.known.values()), Counter())
 
     def retries_by_node(self) -> dict[str, Counter[str]]:
         """Retried attempts by the node they ran on, then cause (those whose node the
         executor knew: the in-process executor and older ledgers record none)."""
         by_node: dict[str, Counter[str]] = {}
-        for entry in self.entries.values():
+        for entry in self.entries.known.values():
             for node, causes in entry.retry_nodes.items():
                 by_node.setdefault(node, Counter()).update(causes)
         return by_node
 
 
-def totals(entries: Iterable[ShardEntry], markers: Iterable[ShardMarker] = ()) -> dict[str, Any]:
-    """``run.json``'s counts over ``entries`` (and finished shards known only by marker)."""
+def totals(
+    entries: Iterable[ShardEntry] | PlannedEntries, markers: Iterable[ShardMarker] = ()
+) -> dict[str, Any]:
+    """``run.json``'s counts over ``entries`` (and finished shards known only by marker); of
+    :class:`PlannedEntries`, only the known ones are read (the others are fresh)."""
     result: dict[str, Any] = dict.fromkeys(
         ("shards", "shards_done", "shards_failed", "images_labelled", "images_failed"), 0
     )
     result["annotations"] = 0
     by_error: Counter[str] = Counter()
+    if isinstance(entries, PlannedEntries):
+        result["shards"] = len(entries) - len(entries.known)  # fresh: pending, no counts
+        entries = entries.known.values()
     rows = [(e.state, {f: getattr(e, f) for f in COUNT_FIELDS}) for e in entries]
     rows += [(ShardState.DONE, counts_of(m)) for m in markers]
     for state, counts in rows:
@@ -162,20 +177,26 @@ def read_progress(storage: Storage, repair: bool = False) -> Progress:
     pending and labelled again.
     """
     ledger = Ledger(storage)
-    known = ledger.read(repair=repair)
+    read = ledger.read(repair=repair)
     damaged = dict(ledger.damaged)
     markers = set(finished_shards(storage))
     entries: dict[int, ShardEntry] = {}
-    for index, entry in known.items():
-        has = index in markers
-        entries[index] = _reconciled(storage, entry, has, damaged, repair)
+    for index, entry in read.known.items():
+        entries[index] = _reconciled(storage, entry, index in markers, damaged, repair)
+    # a fresh row with a marker (its entry's segment was lost): adopted if the marker fits
+    others = np.array(sorted(markers - read.known.keys()), np.int64)
+    at = read.shards.positions(others)
+    for shard in read.shards.take(at[at >= 0]):
+        entry = _reconciled(storage, ShardEntry.planned(shard), True, damaged, repair)
+        if not entry.fresh:
+            entries[shard.index] = entry
     unplanned: dict[int, ShardMarker] = {}
-    for index in sorted(markers - known.keys()):
+    for index in others[at < 0].tolist():
         try:
             unplanned[index] = read_marker(storage, index)
         except DamagedFileError as err:
             _damaged_marker(storage, index, err, damaged, repair)
-    return Progress(entries, unplanned, damaged)
+    return Progress(PlannedEntries(read.shards, entries), unplanned, damaged)
 
 
 def _reconciled(

@@ -48,13 +48,12 @@ def describe_status(storage: Storage, tracebacks: bool = False) -> tuple[str, bo
             f"  damaged: {storage.uri(path)} ({problem}); counted from the markers, and moved "
             "aside by the next jobs.label run on this output"
         )
-    for entry in sorted(progress.entries.values(), key=lambda e: e.shard):
-        if entry.state == ShardState.FAILED:
-            lines.append(
-                f"  shard {entry.shard}: failed after {entry.attempts} attempt(s): {entry.error}"
-            )
-            if tracebacks and entry.traceback:
-                lines.append(entry.traceback)
+    for entry in progress.failed:
+        lines.append(
+            f"  shard {entry.shard}: failed after {entry.attempts} attempt(s): {entry.error}"
+        )
+        if tracebacks and entry.traceback:
+            lines.append(entry.traceback)
     ok = states[ShardState.FAILED] == 0 and run.state != RunState.FAILED
     return "\n".join(lines), ok
 

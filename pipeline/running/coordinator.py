@@ -253,7 +253,7 @@ def _execute(run: PreparedRun, backend: Backend, session: _Session) -> RunSummar
 
 def _complete(run: PreparedRun, started: float) -> RunSummary:
     """A run with nothing left to do: its previous counts, and no model started."""
-    counts = totals(run.entries.values())
+    counts = totals(run.entries)
     log.info("%s: every shard is done with these settings; nothing to do", run.config.output)
     summary = _summary(counts, time.time() - started, {})
     merged = bool(run.previous and run.previous.get("counts", {}).get("merged"))
@@ -304,7 +304,8 @@ def _label(
         for i, e in run.entries.known.items()
         if retry_failed and e.state == ShardState.DONE and e.images_failed
     }
-    entries = dict(run.entries.items())  # every planned shard's entry: the ledger holds them
+    # every planned shard's entry, the ledger's to hold: the plan's columns and the known ones
+    entries = PlannedEntries(run.entries.shards, dict(run.entries.known))
     for index in retried:
         entries[index] = replace(entries[index], attempts=0)
     ledger = Ledger(storage, guard=session.lease.verify)
@@ -349,13 +350,13 @@ def _label(
             executor.shutdown()
             ledger.flush()
     ledger.compact()
-    result = totals(ledger.entries.values())
+    result = totals(ledger.entries)
     result["retries"] = retries
     result["merged"] = (
         execution.merge_limit > 0 and result["images_labelled"] <= execution.merge_limit
     )
     if result["merged"]:
-        done = sorted(i for i, e in ledger.entries.items() if e.state == ShardState.DONE)
+        done = ledger.entries.done()
         _merge(storage, ledger, done, info, run.vocabulary)
     else:  # a merged file of an earlier, smaller run would be stale
         storage.delete(ANNOTATIONS)

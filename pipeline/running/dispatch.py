@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -156,7 +156,7 @@ def dispatch(
 
 
 def _next_task(
-    state: _Shards, entries: dict[int, ShardEntry], max_attempts: int, retried: set[int]
+    state: _Shards, entries: MutableMapping[int, ShardEntry], max_attempts: int, retried: set[int]
 ) -> ShardTask:
     """The next queued shard's attempt, counted in its entry."""
     shard = state.next_shard()

@@ -1,10 +1,11 @@
 """Shards on Ray: model actors that run whole attempts, with deadlines, retries and setup
 checks.
 
-Each attempt is one call to its model actor (:class:`pipeline.running.ray_worker.ChainWorker`),
-which runs the chain itself: a host task reads and decodes, the actor segments, a host task
-encodes and writes. One round trip per shard keeps the driver's work to a fraction of a
-millisecond a shard. The actors tell a small progress actor which images they are on, for
+Attempts go to their model actor (:class:`pipeline.running.ray_worker.ChainWorker`) in calls of
+a few shards (about :data:`CALL_S` of its work, at most :data:`CALL_SHARDS`), and the actor
+runs each shard's chain itself: a host task reads and decodes, the actor segments, a host task encodes and writes. One
+round trip for several shards keeps the driver's work to a fraction of a millisecond a shard;
+each shard still ends on its own (its outcome, its retries, its ledger entry). The actors tell a small progress actor which images they are on, for
 progress within shards and to name the image in progress when a worker is lost. Only this
 module (with :mod:`pipeline.running.ray_worker`, :mod:`pipeline.running.ray_session` and
 :mod:`pipeline.running.backends`) touches Ray.
@@ -23,9 +24,12 @@ from pipeline.errors import SetupError, describe, is_out_of_memory, plain
 from pipeline.running.executors import Outcome, OutcomeKind, failure_kind
 from pipeline.running.pool import Node, Placement, missing, placements, shortfall
 from pipeline.running.ray_worker import (
+    DONE,
+    RAISED,
     BoardNotes,
     ChainWorker,
     ProgressBoard,
+    WireEnd,
     result_from_wire,
     task_to_wire,
 )
@@ -38,34 +42,53 @@ POLL_S = 1.0  # the longest wait() blocks, so the driver's progress bar moves wi
 GROW_S = 10.0  # how often the pool looks for nodes that joined (num_workers unset)
 WAIT_REPORTED_S = 60.0  # a model still waiting for resources after this is said to be
 BACKLOG_S = 0.001  # a wait that returns sooner found work waiting: the rest is collected too
+# A call carries about CALL_S seconds of its worker's work (as measured on that worker), at
+# most CALL_SHARDS shards. A Ray call costs the driver about a millisecond whatever it carries
+# (benchmarks/dispatch_speed.py), so W workers cost the driver about W ms every CALL_S
+# seconds: a tenth of it for a hundred GPUs, however small the shards. Calls no longer than
+# that keep what sits queued on one worker short: a node that joins, the end of a run and a
+# stop are not held up by another worker's queue.
+CALL_S, CALL_SHARDS = 1.0, 8
+SPEED_WEIGHT = 0.3  # of a call's newest measure in its worker's time per shard
 
 
-@dataclass(slots=True, eq=False)  # each attempt is itself: compared by identity
-class _Attempt:
-    ref: Any  # the actor call's result
-    task: ShardTask
+@dataclass(slots=True, eq=False)  # each call is itself: compared by identity
+class _Call:
+    """Attempts sent to an actor in one call. Its deadline is one ``shard_timeout_s`` per
+    attempt, counted from when it becomes first in its actor's queue: the actor labels its
+    shards one after another."""
+
+    ref: Any  # the actor call's result: how each attempt ended, in order
+    tasks: list[ShardTask]
     started: float | None  # when it became first in its actor's queue
 
 
 @dataclass(slots=True)
 class _Slot:
-    """One worker: its actor, the attempts sent to it in order, and its model's state."""
+    """One worker: its actor, the calls sent to it in order, and its model's state."""
 
     actor: Any
     setup_ref: Any = None
     setup_since: float = field(default_factory=time.monotonic)
     setup_failures: int = 0
-    attempts: deque[_Attempt] = field(default_factory=deque)
+    calls: deque[_Call] = field(default_factory=deque)
     placement: Placement = field(default_factory=lambda: Placement({"num_cpus": 1.0}))
     node_id: str | None = None  # the actor's Ray node, once known
     node: str = ""  # the same as the ledger names nodes: "host (node <id[:12]>)"
     waiting_reported: bool = False  # its model waited long for resources, and the log said so
     recover_ref: Any = None  # a call the actor answers once Ray has restarted it
     recover_since: float = 0.0
+    shard_s: float | None = None  # its time per shard, as its calls end (unknown at first)
+    last_end: float | None = None  # when its last call ended, while it has more in flight
 
     @property
     def ready(self) -> bool:
         return self.setup_ref is None and self.recover_ref is None
+
+    @property
+    def tasks(self) -> list[ShardTask]:
+        """The attempts in flight on this worker, in the order they were sent."""
+        return [task for call in self.calls for task in call.tasks]
 
 
 class RayExecutor:
@@ -76,10 +99,14 @@ class RayExecutor:
 
     Every actor builds its model before it gets work; an actor whose model cannot be built
     ends the run (:class:`SetupError`), one that dies while building is rebuilt up to
-    ``setup_attempts`` times. ``per_worker`` attempts per actor are in flight, so one shard
+    ``setup_attempts`` times. An actor runs ``per_worker`` attempts at a time, so one shard
     decodes and another encodes while the model labels a third; that bound is the
-    backpressure that keeps memory flat. An attempt whose turn on its actor lasts longer than
-    ``shard_timeout_s`` has its actor restarted and is reported as ``timeout``.
+    backpressure that keeps memory flat. Attempts go in calls of about :data:`CALL_S` of the
+    actor's measured work (one a call until its speed is known, and while another actor is
+    still being built, so that a small run spreads over the actors), ``per_worker`` calls per
+    actor in flight. A call whose turn on its actor lasts longer than ``shard_timeout_s`` per
+    attempt it holds has its actor restarted, and the attempt on the model is reported as
+    ``timeout``.
 
     Args:
         model_cpus: CPUs each actor holds (default: 1 beside a GPU; on CPU-only clusters an
@@ -112,11 +139,19 @@ class RayExecutor:
         self._progress: dict[int, tuple[int, tuple[Any, ...]]] = {}
         self._progress_read = 0.0
         self._flying: set[int] = set()  # the shards of the attempts in flight
+        self._unsent: list[ShardTask] = []  # submitted, sent at the next wait()
         nodes = self._nodes()
         wanted = placements(nodes, num_workers, model_cpus)
         host_cpus = 1 if wanted[0].uses_gpu else 0
         self._actor_base = ray.remote(ChainWorker)
-        self._actor_args = (factory, settings, output, BoardNotes(self._board), host_cpus)
+        self._actor_args = (
+            factory,
+            settings,
+            output,
+            BoardNotes(self._board),
+            host_cpus,
+            per_worker,
+        )
         self._slots: list[_Slot] = []
         self._grown = time.monotonic()
         self._add(wanted)
@@ -135,19 +170,59 @@ class RayExecutor:
     @property
     def capacity(self) -> int:
         """In-flight attempts allowed now: only workers whose model is built take work."""
-        return self._per_worker * sum(slot.ready for slot in self._slots)
+        return sum(self._per_worker * self._call_shards(s) for s in self._slots if s.ready)
 
     def submit(self, task: ShardTask) -> None:
+        """Take ``task``; it is sent, with the others submitted since, at the next
+        :meth:`wait` (so that several go in one call)."""
         if task.isolate:  # what the board holds of an earlier attempt must not name a culprit
             self._board.note.remote(task.shard.index, 0, ())
-        slot = min((s for s in self._slots if s.ready), key=lambda s: len(s.attempts))
-        started = None if slot.attempts else time.monotonic()
-        slot.attempts.append(_Attempt(slot.actor.run.remote(task_to_wire(task)), task, started))
+        self._unsent.append(task)
         self._flying.add(task.shard.index)
+
+    def _send(self) -> None:
+        """Send the submitted attempts, in calls of a few, each to the ready worker with the
+        fewest in flight. An isolated attempt goes alone: its worker's loss must name it."""
+        ready = [s for s in self._slots if s.ready]
+        if not ready:  # they go once a worker is ready again
+            return
+        unsent, self._unsent = self._unsent, []
+        while unsent:
+            slot = min(ready, key=lambda s: len(s.tasks))
+            limit = self._call_shards(slot)
+            tasks = [unsent.pop(0)]
+            while unsent and len(tasks) < limit and not tasks[0].isolate and not unsent[0].isolate:
+                tasks.append(unsent.pop(0))
+            ref = slot.actor.run.remote([task_to_wire(t) for t in tasks])
+            slot.calls.append(_Call(ref, tasks, None if slot.calls else time.monotonic()))
+
+    def _call_shards(self, slot: _Slot) -> int:
+        """Shards a call to ``slot`` carries now: about :data:`CALL_S` of its work; one until
+        its speed is known, and while another worker is still being built (unless that one
+        has waited long to be placed), so the first ready one does not take a small run whole."""
+        now = time.monotonic()
+        building = any(
+            s.setup_ref is not None and now - s.setup_since < WAIT_REPORTED_S for s in self._slots
+        )
+        if building or slot.shard_s is None:
+            return 1
+        return max(1, min(CALL_SHARDS, int(CALL_S / max(slot.shard_s, 1e-6))))
+
+    def _measure(self, slot: _Slot, call: _Call) -> None:
+        """Fold the ended call into its worker's time per shard: the time since its previous
+        call ended (or since this one was sent to an idle worker), per shard it held."""
+        now = time.monotonic()
+        since = slot.last_end if slot.last_end is not None else call.started
+        if since is not None:
+            per_shard = (now - since) / len(call.tasks)
+            old = slot.shard_s
+            slot.shard_s = per_shard if old is None else old + SPEED_WEIGHT * (per_shard - old)
+        slot.last_end = now
 
     def wait(self) -> list[Outcome]:
         """Block until something ends (at most :data:`POLL_S`); return every attempt that
         ended by then, and those whose deadline passed."""
+        self._send()
         watched = self._watched()
         if not watched:
             return []
@@ -168,8 +243,8 @@ class RayExecutor:
                 self._setup_ended(slot)
             elif ref is slot.recover_ref:
                 self._recovered(slot)
-            elif any(a.ref is ref for a in slot.attempts):  # else it ended with its actor
-                ended += self._attempt_ended(slot, ref)
+            elif any(c.ref is ref for c in slot.calls):  # else it ended with its actor
+                ended += self._call_ended(slot, ref)
         # even while other workers keep answering, a late one is restarted on time
         if due is not None and time.monotonic() >= due:
             ended += self._expire()
@@ -185,28 +260,31 @@ class RayExecutor:
         return sum(n for shard, (n, _) in self._progress.items() if shard in self._flying)
 
     def shutdown(self) -> None:
+        self._unsent.clear()
         for slot in self._slots:
-            if slot.attempts or not slot.ready:
+            if slot.calls or not slot.ready:
                 self._ray.kill(slot.actor)
             else:  # idle: it exits once it has sent what it holds (its tasks' events)
                 slot.actor.__ray_terminate__.remote()
-            self._forget(slot, list(slot.attempts))
+            self._forget(slot, list(slot.calls))
         self._ray.kill(self._board)
 
     def _watched(self) -> dict[Any, _Slot]:
-        """Every reference wait() waits on: attempts, setups and recoveries, with their slot."""
-        refs = {a.ref: slot for slot in self._slots for a in slot.attempts}
+        """Every reference wait() waits on: calls, setups and recoveries, with their slot."""
+        refs = {c.ref: slot for slot in self._slots for c in slot.calls}
         refs.update({s.setup_ref: s for s in self._slots if s.setup_ref is not None})
         refs.update({s.recover_ref: s for s in self._slots if s.recover_ref is not None})
         return refs
 
-    def _forget(self, slot: _Slot, attempts: list[_Attempt]) -> None:
-        """Take ended attempts off their slot; the next one's turn starts."""
-        for attempt in attempts:
-            slot.attempts.remove(attempt)
-            self._flying.discard(attempt.task.shard.index)
-        if slot.attempts and slot.attempts[0].started is None:
-            slot.attempts[0].started = time.monotonic()
+    def _forget(self, slot: _Slot, calls: list[_Call]) -> None:
+        """Take ended calls off their slot; the next one's turn starts."""
+        for call in calls:
+            slot.calls.remove(call)
+            self._flying.difference_update(t.shard.index for t in call.tasks)
+        if slot.calls and slot.calls[0].started is None:
+            slot.calls[0].started = time.monotonic()
+        if not slot.calls:  # idle: its next call's time starts when it is sent
+            slot.last_end = None
 
     # ---- setup --------------------------------------------------------------------------
 
@@ -238,105 +316,104 @@ class RayExecutor:
 
     # ---- attempts -----------------------------------------------------------------------
 
-    def _attempt_ended(self, slot: _Slot, ref: Any) -> list[Outcome]:
-        attempt = next(a for a in slot.attempts if a.ref is ref)
-        outcome, lost = self._outcome(attempt.task, ref)
-        if not lost:
-            self._forget(slot, [attempt])
-            if outcome.kind != OutcomeKind.DONE:  # its result names its node itself
-                outcome = replace(outcome, node=slot.node)
-            return [outcome]
-        # The actor died: every attempt on it ended at once. Those it had answered keep
-        # their outcome; of the others, the one on the model is the cause, and the rest never
-        # had their turn.
+    def _call_ended(self, slot: _Slot, ref: Any) -> list[Outcome]:
+        call = next(c for c in slot.calls if c.ref is ref)
+        outcomes, lost = self._call_outcomes(call)
+        if lost is None:
+            self._measure(slot, call)
+            self._forget(slot, [call])
+            # its results name their node themselves; the others get the worker's
+            return [
+                o if o.kind == OutcomeKind.DONE else replace(o, node=slot.node) for o in outcomes
+            ]
+        # The actor died: every call on it ended at once. Those it had answered keep their
+        # outcomes; of the other attempts, the one on the model is the cause, and the rest
+        # never had their turn.
         ended: list[Outcome] = []
-        refs = [a.ref for a in slot.attempts]
+        refs = [c.ref for c in slot.calls]
         answered, _ = self._ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
-        unanswered = []
-        for other in slot.attempts:
-            if other is not attempt and any(other.ref is r for r in answered):
-                found, other_lost = self._outcome(other.task, other.ref)
-                if not other_lost:
-                    ended.append(found)
+        unanswered: list[ShardTask] = []
+        for other in slot.calls:
+            if other is not call and any(other.ref is r for r in answered):
+                found, other_lost = self._call_outcomes(other)
+                if other_lost is None:
+                    ended += [replace(o, node=o.node or slot.node) for o in found]
                     continue
-            unanswered.append(other)
+            unanswered += other.tasks
         cause, in_progress = self._on_the_model(unanswered)
-        kind, error = outcome.kind, outcome.error
+        kind, error = lost.kind, lost.error
         if not self._node_alive(slot.node_id):  # preempted, or its raylet crashed
             kind = OutcomeKind.NODE_LOST
             error = f"NodeLost: the node of its model worker was lost ({error})"
         ended.append(
-            Outcome(
-                cause.task.shard.index, kind, error=error, in_progress=in_progress, node=slot.node
-            )
+            Outcome(cause.shard.index, kind, error=error, in_progress=in_progress, node=slot.node)
         )
-        ended += [_interrupted(a) for a in unanswered if a is not cause]
-        self._forget(slot, list(slot.attempts))
+        ended += [_interrupted(t) for t in unanswered if t is not cause]
+        self._forget(slot, list(slot.calls))
         self._recover(slot)
         return ended
 
-    def _outcome(self, task: ShardTask, ref: Any) -> tuple[Outcome, bool]:
-        """The attempt's outcome, and whether its actor was lost.
+    def _call_outcomes(self, call: _Call) -> tuple[list[Outcome], Outcome | None]:
+        """The outcome of each of the call's attempts; or, when its actor was lost, none and
+        how the loss reads (``died`` or ``oom``, for the attempt found on the model).
 
-        The actor's call raises the error of Ray when the actor was lost; any other error
-        is wrapped in a ``RayTaskError`` whose cause is the error of our code, or of Ray when
-        one of the attempt's host tasks was lost (that attempt alone ends, as ``died`` or
-        ``oom``: the actor and the attempts beside it go on).
+        An attempt's error is our code's, or Ray's when one of its host tasks was lost (that
+        attempt alone ends, as ``died`` or ``oom``: the actor and the attempts beside it go
+        on). A call that failed as a whole for another reason fails each of its attempts.
         """
         exceptions = self._ray.exceptions
-        lost_types = (
-            exceptions.OutOfMemoryError,
-            exceptions.RayActorError,
-            exceptions.WorkerCrashedError,
-            exceptions.ObjectLostError,
-        )
-        index = task.shard.index
         try:
-            result = result_from_wire(self._ray.get(ref))
-            return Outcome(index, OutcomeKind.DONE, result=result), False
+            ends = self._ray.get(call.ref)
         except exceptions.RayError as err:
-            cause = getattr(err, "cause", None) or err
-            task_error = isinstance(err, exceptions.RayTaskError)
-            if isinstance(cause, lost_types) or (not task_error and isinstance(err, lost_types)):
+            if not isinstance(err, exceptions.RayTaskError) and isinstance(err, _lost(exceptions)):
                 kind = OutcomeKind.OOM if is_out_of_memory(err) else OutcomeKind.DIED
-                return Outcome(index, kind, error=_first_line(cause)), not task_error
-            if not task_error:
+                return [], Outcome(-1, kind, error=_first_line(err))
+            if not isinstance(err, exceptions.RayTaskError):
                 raise
-            if isinstance(cause, SetupError):
-                setup = Outcome(
-                    index, OutcomeKind.SETUP, error=cause.cause, traceback=cause.traceback
-                )
-                return setup, False
-            kind = failure_kind(cause)
-            return Outcome(index, kind, error=describe(cause), traceback=plain(str(err))), False
+            ends = [(RAISED, err, plain(str(err)))] * len(call.tasks)
+        return [self._ended(t, end) for t, end in zip(call.tasks, ends, strict=True)], None
 
-    def _on_the_model(self, attempts: list[_Attempt]) -> tuple[_Attempt, tuple[Any, ...]]:
+    def _ended(self, task: ShardTask, end: WireEnd) -> Outcome:
+        """One attempt's outcome from how the actor said it ended (:func:`end_to_wire`)."""
+        index = task.shard.index
+        if end[0] == DONE:
+            return Outcome(index, OutcomeKind.DONE, result=result_from_wire(end[1]))
+        _, err, text = end
+        cause = getattr(err, "cause", None) or err
+        if isinstance(cause, _lost(self._ray.exceptions)):  # a host task's worker was lost
+            kind = OutcomeKind.OOM if is_out_of_memory(err) else OutcomeKind.DIED
+            return Outcome(index, kind, error=_first_line(cause))
+        if isinstance(cause, SetupError):
+            return Outcome(index, OutcomeKind.SETUP, error=cause.cause, traceback=cause.traceback)
+        return Outcome(index, failure_kind(cause), error=describe(cause), traceback=text)
+
+    def _on_the_model(self, tasks: list[ShardTask]) -> tuple[ShardTask, tuple[Any, ...]]:
         """Of a worker's attempts, the one the board last heard it labelling (else the first),
         and the ids of the images it was on (maybe none)."""
         try:
             board = self._ray.get(self._board.read.remote(), timeout=10)
         except self._ray.exceptions.RayError:
             board = {}
-        for attempt in attempts:
-            _, in_progress = board.get(attempt.task.shard.index, (0, ()))
+        for task in tasks:
+            _, in_progress = board.get(task.shard.index, (0, ()))
             if in_progress:
-                return attempt, tuple(in_progress)
-        return attempts[0], ()
+                return task, tuple(in_progress)
+        return tasks[0], ()
 
     def _next_deadline(self) -> float | None:
-        """Seconds until the earliest running attempt or pending setup is overdue."""
+        """Seconds until the earliest running call or pending setup is overdue."""
         now = time.monotonic()
         ends = [
-            s.attempts[0].started + self._shard_timeout_s
+            s.calls[0].started + self._shard_timeout_s * len(s.calls[0].tasks)
             for s in self._slots
-            if s.attempts and s.attempts[0].started is not None
+            if s.calls and s.calls[0].started is not None
         ]
         ends += [s.setup_since + self._setup_timeout_s for s in self._slots if s.setup_ref]
         ends += [s.recover_since + self._recover_timeout_s for s in self._slots if s.recover_ref]
         return max(0.0, min(ends) - now) if ends else None
 
     def _expire(self) -> list[Outcome]:
-        """Restart the actors of overdue attempts; fail the run if no model could be built."""
+        """Restart the actors of overdue calls; fail the run if no model could be built."""
         now = time.monotonic()
         self._drop_unrecovered(now)
         late_setup = [s for s in self._slots if s.setup_ref is not None]
@@ -350,14 +427,16 @@ class RayExecutor:
                 slot.setup_since = now
         ended: list[Outcome] = []
         for slot in self._slots:
-            head = slot.attempts[0] if slot.attempts else None
-            if head is None or head.started is None or now - head.started < self._shard_timeout_s:
+            head = slot.calls[0] if slot.calls else None
+            if head is None or head.started is None:
+                continue
+            if now - head.started < self._shard_timeout_s * len(head.tasks):
                 continue
             # the attempt holding the model is the late one (the oldest may wait behind it)
-            late, _ = self._on_the_model(list(slot.attempts))
+            late, _ = self._on_the_model(slot.tasks)
             log.warning(
                 "%s ran past its %.0f s deadline; restarting its worker",
-                late.task.shard.name,
+                late.shard.name,
                 self._shard_timeout_s,
             )
             # its host tasks die with it: Ray ends the tasks of an owner that is gone
@@ -367,10 +446,10 @@ class RayExecutor:
                 "(--shard-timeout); its worker was restarted"
             )
             ended.append(
-                Outcome(late.task.shard.index, OutcomeKind.TIMEOUT, error=message, node=slot.node)
+                Outcome(late.shard.index, OutcomeKind.TIMEOUT, error=message, node=slot.node)
             )
-            ended += [_interrupted(a) for a in slot.attempts if a is not late]
-            self._forget(slot, list(slot.attempts))
+            ended += [_interrupted(t) for t in slot.tasks if t is not late]
+            self._forget(slot, list(slot.calls))
             self._recover(slot)
         return ended
 
@@ -510,11 +589,21 @@ class RayExecutor:
             return True
 
 
-def _interrupted(attempt: _Attempt) -> Outcome:
+def _interrupted(task: ShardTask) -> Outcome:
     return Outcome(
-        attempt.task.shard.index,
+        task.shard.index,
         OutcomeKind.INTERRUPTED,
         error="interrupted: queued on a worker that was lost or restarted",
+    )
+
+
+def _lost(exceptions: Any) -> tuple[type[BaseException], ...]:
+    """Ray's errors for a worker process that is gone (killed, crashed, out of memory)."""
+    return (
+        exceptions.OutOfMemoryError,
+        exceptions.RayActorError,
+        exceptions.WorkerCrashedError,
+        exceptions.ObjectLostError,
     )
 
 

@@ -1,23 +1,27 @@
 """What runs on Ray's workers: the model actor that runs whole shard attempts, its host
 stages, and the progress board.
 
-The driver makes one call per attempt (:meth:`ChainWorker.run`); the actor sends the shard's
-decode to a host task, labels it on its model thread, sends the encode to a host task and
-answers with the shard's result. One round trip a shard, not three submissions, is what lets
-one driver keep up with thousands of small shards a second (``benchmarks/dispatch_speed.py``).
-Host tasks still do the host work, in their own processes on the CPUs the actors leave, and on
-the actor's node when the cluster has several, so a shard's pixels never cross the network.
-The actor is asynchronous: the attempts in flight on it decode and encode while the model
-labels another, one shard at a time, in the order their decodes end.
+The driver makes one call per few attempts (:meth:`ChainWorker.run`, a call of up to
+``CALL_SHARDS`` small shards); the actor sends each shard's decode to a host task, labels it on
+its model thread, sends the encode to a host task and answers with every shard's end. One
+round trip for several shards, not three submissions for each, is what lets one driver keep up
+with thousands of shards a second (``benchmarks/dispatch_speed.py``). Host tasks do the host
+work, in their own processes on the CPUs the actors leave, and on the actor's node when the
+cluster has several, so a shard's pixels never cross the network. The actor is asynchronous:
+``per_worker`` attempts at a time, of any of its calls, decode and encode while the model
+labels another, one shard at a time, in the order their decodes end; that bound, not the
+number of shards sent, is what holds the worker's memory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from typing import Any
 
+from pipeline.errors import describe, plain
 from pipeline.formats.descriptors import Shard
 from pipeline.formats.storage import Storage
 from pipeline.running.stages import (
@@ -59,6 +63,30 @@ def result_to_wire(result: ShardResult) -> tuple[Any, ...]:
 
 def result_from_wire(wire: tuple[Any, ...]) -> ShardResult:
     return ShardResult(*wire)
+
+
+# How an attempt of a call ended, on the wire: ``(DONE, result)`` (see :func:`result_to_wire`)
+# or ``(RAISED, exception, traceback text)``, the exception as the actor caught it (a host
+# task's error as Ray raised it).
+DONE, RAISED = 0, 1
+WireEnd = tuple[Any, ...]
+
+
+def end_to_wire(end: tuple[Any, ...] | BaseException) -> WireEnd:
+    """One attempt's end: its result wire, or what it raised (an exception that cannot be
+    pickled travels as a ``RuntimeError`` naming it, so the call's other shards still do)."""
+    if not isinstance(end, BaseException):
+        return (DONE, end)
+    text = plain(str(end)) if hasattr(end, "cause") else ""  # Ray's errors hold the traceback
+    if not text:
+        text = plain("".join(traceback.format_exception(end)))
+    from ray import cloudpickle  # what Ray packs results with
+
+    try:
+        cloudpickle.dumps(end)
+    except Exception:
+        end = RuntimeError(describe(end))
+    return (RAISED, end, text)
 
 
 def decode_stage(task: ShardTask, settings: ShardSettings, output: str) -> DecodedShard:
@@ -118,7 +146,7 @@ class _HostStages:
 
 
 class ChainWorker(LabelWorker):
-    """A :class:`LabelWorker` that runs whole attempts: one call per attempt (:meth:`run`).
+    """A :class:`LabelWorker` that runs whole attempts, several a call (:meth:`run`).
 
     The model runs on one thread of its own, so the event loop stays free to start the
     other attempts' host stages and to answer :meth:`pid` while a shard is labelled.
@@ -127,6 +155,7 @@ class ChainWorker(LabelWorker):
     Args:
         host_cpus: CPUs each host task holds (1 beside a GPU; 0 on CPU-only clusters, where
             the actors hold the CPUs).
+        per_worker: attempts between their decode's start and their encode's end at once.
     """
 
     def __init__(
@@ -136,9 +165,12 @@ class ChainWorker(LabelWorker):
         output: str,
         on_progress: ProgressHook | None,
         host_cpus: float,
+        per_worker: int = 3,
     ) -> None:
         super().__init__(factory, settings, output, on_progress)
         self._host_cpus = host_cpus
+        self._per_worker = per_worker
+        self._room: asyncio.Semaphore | None = None
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._host: _HostStages | None = None
 
@@ -159,16 +191,24 @@ class ChainWorker(LabelWorker):
         node: str = ray.get_runtime_context().get_node_id()
         return node
 
-    async def run(self, wire: WireTask) -> tuple[Any, ...]:
-        """Decode (host task), segment (here), encode and write (host task): the shard's
-        result (:func:`result_from_wire` reads it), or the first stage's error (a lost host
-        task's as Ray raised it)."""
-        task = task_from_wire(wire)
+    async def run(self, wires: list[WireTask]) -> list[WireEnd]:
+        """Run the call's attempts (each: decode in a host task, segment here, encode and
+        write in a host task), ``per_worker`` at a time across calls; answer how each ended
+        (:func:`end_to_wire`), in the call's order, once all have."""
         host = self._host or self._host_stages()
-        decoded = await host.decode.remote(task, host.settings, self._output)
-        loop = asyncio.get_running_loop()
-        segmented = await loop.run_in_executor(self._model_thread, self.segment, decoded)
-        result: ShardResult = await host.encode.remote(segmented, host.settings, self._output)
+        ends = await asyncio.gather(
+            *(self._attempt(task_from_wire(w), host) for w in wires), return_exceptions=True
+        )
+        return [end_to_wire(end) for end in ends]
+
+    async def _attempt(self, task: ShardTask, host: _HostStages) -> tuple[Any, ...]:
+        if self._room is None:  # made in the event loop it belongs to
+            self._room = asyncio.Semaphore(self._per_worker)
+        async with self._room:
+            decoded = await host.decode.remote(task, host.settings, self._output)
+            loop = asyncio.get_running_loop()
+            segmented = await loop.run_in_executor(self._model_thread, self.segment, decoded)
+            result: ShardResult = await host.encode.remote(segmented, host.settings, self._output)
         return result_to_wire(result)
 
     def _host_stages(self) -> _HostStages:
