@@ -90,6 +90,10 @@ class _Slot:
         """The attempts in flight on this worker, in the order they were sent."""
         return [task for call in self.calls for task in call.tasks]
 
+    @property
+    def in_flight(self) -> int:
+        return sum(len(call.tasks) for call in self.calls)
+
 
 class RayExecutor:
     """Model actors (``num_workers``; by default one per GPU of the cluster, else one) whose
@@ -186,13 +190,13 @@ class RayExecutor:
         ready = [s for s in self._slots if s.ready]
         if not ready:  # they go once a worker is ready again
             return
-        unsent, self._unsent = self._unsent, []
+        unsent, self._unsent = deque(self._unsent), []
         while unsent:
-            slot = min(ready, key=lambda s: len(s.tasks))
+            slot = min(ready, key=lambda s: s.in_flight)
             limit = self._call_shards(slot)
-            tasks = [unsent.pop(0)]
+            tasks = [unsent.popleft()]
             while unsent and len(tasks) < limit and not tasks[0].isolate and not unsent[0].isolate:
-                tasks.append(unsent.pop(0))
+                tasks.append(unsent.popleft())
             ref = slot.actor.run.remote([task_to_wire(t) for t in tasks])
             slot.calls.append(_Call(ref, tasks, None if slot.calls else time.monotonic()))
 
