@@ -190,16 +190,9 @@ def _resume(shards: int, location: str, fs: Any, root: str) -> None:
     with ThreadPoolExecutor(max_workers=64 if location.startswith("s3://") else 4) as pool:
         list(pool.map(put, range(shards)))
     print(f"(set-up: {shards:,} markers written in {time.perf_counter() - start:.0f} s)")
-    result = subprocess.run(
-        [sys.executable, "-c", RESUME_CHILD, manifest, f"{location}/out", str(size)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    planned, total, peak, done, todo, cpu = child_result(
+        RESUME_CHILD, manifest, f"{location}/out", str(size)
     )
-    line = next((x for x in result.stdout.splitlines() if x.startswith("RESULT")), None)
-    if line is None:
-        raise RuntimeError(result.stdout[-2000:] + result.stderr[-2000:])
-    planned, total, peak, done, todo, cpu = line.split()[1:]
     kind = "S3 (moto)" if location.startswith("s3://") else "local disk"
     print(
         f"resume with {int(done):,} finished shards on {kind}: planned and reconciled in "
@@ -207,6 +200,18 @@ def _resume(shards: int, location: str, fs: Any, root: str) -> None:
         f"{float(total):.1f} s ({float(cpu):.1f} CPU s), driver peak {float(peak):.0f} MB "
         f"({todo} to run)"
     )
+
+
+def child_result(code: str, *args: str) -> list[str]:
+    """Run ``code`` in a fresh Python process; the fields of the line it prints after
+    ``RESULT`` (its output is raised when there is none)."""
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True
+    )
+    line = next((x for x in result.stdout.splitlines() if x.startswith("RESULT")), None)
+    if line is None:
+        raise RuntimeError(result.stdout[-2000:] + result.stderr[-2000:])
+    return line.split()[1:]
 
 
 EXECUTE_CHILD = """
@@ -247,16 +252,9 @@ print(f'RESULT {planned:.2f} {compacted:.2f} {total:.2f} {running:.0f} {hwm() / 
 def execute_case(shards: int, workdir: Path) -> None:
     """The ledger of a run executing ``shards`` shards, in a fresh process (see above)."""
     out = workdir / f"execute-{shards}"
-    result = subprocess.run(
-        [sys.executable, "-c", EXECUTE_CHILD, str(shards), str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    planned, compacted, total, running, peak, written = child_result(
+        EXECUTE_CHILD, str(shards), str(out)
     )
-    line = next((x for x in result.stdout.splitlines() if x.startswith("RESULT")), None)
-    if line is None:
-        raise RuntimeError(result.stdout[-2000:] + result.stderr[-2000:])
-    planned, compacted, total, running, peak, written = line.split()[1:]
     print(
         f"execute {shards:,} shards: plan persisted in {float(planned):.1f} s, {int(written):,} "
         f"entries written and compacted by {float(compacted):.1f} s (driver peak "
